@@ -52,27 +52,32 @@ class GPTConfig:
 # dropout
 
 
+def dropout_mask(shape, p, device):
+    """(bool mask, True where an element is dropped; the scale 1/(1-p) for the rest).
+
+    F.dropout on CPU draws one float per element through bernoulli_ (~9 ns each here);
+    we draw 64-bit integers instead (~4 ns per 8 bytes) and read them as int16, so one
+    draw covers 4 elements. p is rounded to a multiple of 1/65536 and the scale uses the
+    rounded p, so the expectation stays exact. The draws come from torch's global
+    generator: torch.manual_seed and gradient checkpointing's RNG replay govern them
+    exactly as they govern F.dropout."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    bits = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    n_drop = round(p * 65536)  # how many of the 65536 values mean "drop"
+    return bits < n_drop - 32768, 65536.0 / (65536 - n_drop)
+
+
 def dropout(x, p, training):
     """Inverted dropout (Srivastava et al. 2014): zero each element with probability p and
-    scale the survivors by 1/(1-p), so the expected value is unchanged.
-
-    On CUDA this is F.dropout. On CPU, F.dropout draws one float per element through
-    bernoulli_, ~9 ns each here; we instead draw 64-bit integers (4 ns per 8 bytes) and
-    read them as int16, so one draw covers 4 elements. p is rounded to a multiple of
-    1/65536 and the scale uses that rounded p, so the expectation stays exact.
-    The mask comes from torch's global generator, so torch.manual_seed and gradient
-    checkpointing's RNG replay govern it exactly as they do F.dropout.
-    """
+    scale the survivors by 1/(1-p), so the expected value is unchanged. F.dropout on CUDA;
+    on CPU, dropout_mask's cheaper draws."""
     if not training or p == 0.0:
         return x
     if x.is_cuda:
         return F.dropout(x, p, True)
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    bits = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    drop = round(p * 65536)  # how many of the 65536 values mean "drop"
-    keep = bits >= (drop - 32768)
-    return x.masked_fill(~keep, 0.0) * (65536.0 / (65536 - drop))  # backward saves the bool mask
+    drop, scale = dropout_mask(x.shape, p, x.device)
+    return x.masked_fill(drop, 0.0) * scale  # backward keeps the 1-byte mask, not a float one
 
 
 # ----------------------------------------------------------------------------------------
@@ -107,14 +112,16 @@ class CausalSelfAttention(nn.Module):
         return dropout(self.c_proj(y), self.dropout, self.training)
 
     def _attention_with_dropout(self, q, k, v):
-        # softmax(q k^T / sqrt(hs) + causal mask), dropout on the weights, times v.
-        # Written out because CPU SDPA with dropout_p > 0 falls back to a slow kernel.
-        T = q.size(-2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
-        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
-        att = dropout(att, self.dropout, True)
-        return att @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs) + causal mask), dropout on the weights, times v: written
+        # out because CPU SDPA with dropout_p > 0 leaves its fused kernel for a slower one
+        B, nh, T, hs = q.shape
+        q, k, v = (t.reshape(B * nh, T, hs) for t in (q, k, v))
+        future = torch.full((T, T), float("-inf"), device=q.device).triu_(1)  # -inf above the diagonal
+        att = torch.baddbmm(future, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(hs))  # (B*nh, T, T)
+        att = att.softmax(dim=-1)
+        drop, scale = dropout_mask(att.shape, self.dropout, att.device)
+        y = att.masked_fill(drop, 0.0) @ v  # (B*nh, T, T) x (B*nh, T, hs) -> (B*nh, T, hs)
+        return (y * scale).view(B, nh, T, hs)  # 1/(1-p) applied to the T x hs output, not the T x T weights
 
 
 class MLP(nn.Module):

@@ -257,6 +257,12 @@ def resolve_system(tc):
     return device, dtype
 
 
+def autocast_context(device, ptdtype):
+    """Mixed precision: matmuls in ptdtype, reductions (softmax, LayerNorm, the loss) in fp32."""
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+
+
 def cpu_has_fast_bf16():
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check is not None and check())
@@ -457,6 +463,31 @@ def write_json_atomic(obj, path):
     os.replace(tmp, path)
 
 
+def forward_backward(run_model, windows, ctx, scaler, accumulation_steps):
+    """Gradients of one optimizer step, accumulated over micro-batches; returns the mean
+    loss (a tensor: reading it is the caller's choice, since on CUDA that syncs)."""
+    loss_sum = 0.0
+    for _ in range(accumulation_steps):
+        x, y = windows.next()
+        with ctx:
+            _, loss = run_model(x, y)
+        loss_sum += loss.detach()
+        # each micro-batch's loss is a mean over its tokens; dividing by the number of
+        # micro-batches makes the summed gradient the mean over all of them, i.e. the
+        # gradient of one batch accumulation_steps times larger
+        scaler.scale(loss / accumulation_steps).backward()
+    return loss_sum / accumulation_steps
+
+
+def optimizer_step(model, optimizer, scaler, grad_clip):
+    if grad_clip > 0.0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)  # skipped by the scaler if fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train(tc, mc):
     """Run the training that (tc, mc) describe. Returns the final metrics row."""
     from tqdm import tqdm
@@ -493,7 +524,7 @@ def train(tc, mc):
     model.to(device)
 
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    ctx = torch.autocast(device_type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+    ctx = autocast_context(device, ptdtype)
     # fp16's range is too narrow for small gradients: scale the loss up, unscale before the step
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = make_optimizer(model, tc, device_type)
@@ -582,17 +613,7 @@ def train(tc, mc):
         lr = get_lr(iter_num, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(tc.gradient_accumulation_steps):
-            x, y = windows.next()
-            with ctx:
-                _, loss = run_model(x, y)
-            loss_sum += loss.detach()
-            # each micro-batch's loss is a mean over its tokens; dividing by the number of
-            # micro-batches makes the summed gradient the mean over all of them, i.e. the
-            # gradient of one batch gradient_accumulation_steps times larger
-            scaler.scale(loss / tc.gradient_accumulation_steps).backward()
-        loss_value = loss_sum.item() / tc.gradient_accumulation_steps
+        loss_value = forward_backward(run_model, windows, ctx, scaler, tc.gradient_accumulation_steps).item()
         if not math.isfinite(loss_value):
             bar.close()
             metrics.close()
@@ -601,12 +622,7 @@ def train(tc, mc):
                 f"{os.path.join(tc.out_dir, 'ckpt.pt')} still holds the last good checkpoint "
                 f"(try a lower learning_rate, grad_clip > 0, or dtype=float32)"
             )
-        if tc.grad_clip > 0.0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scaler, tc.grad_clip)
 
         it, iter_num, steps_since_log = iter_num, iter_num + 1, steps_since_log + 1
         bar.update(1)

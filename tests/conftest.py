@@ -1,5 +1,5 @@
 """Shared fixtures: a small real corpus (standard-library source, so no network and no
-../shared) prepared as a character-level dataset, and tiny model settings."""
+files from outside the repo) prepared as a character-level dataset, and tiny model settings."""
 
 import os
 import sys

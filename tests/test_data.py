@@ -10,8 +10,6 @@ import json
 import os
 import sys
 import sysconfig
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -187,17 +185,14 @@ def test_prepare_dataset_bad_input(tmp_path):
 # -----------------------------------------------------------------------------
 # the prepare scripts
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to download fails as it would offline."""
-    def fail(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-    monkeypatch.setattr(urllib.request, "urlopen", fail)
-
-
-def test_shakespeare_prepare_offline_without_input(tmp_path, monkeypatch, capsys, no_network):
+def test_shakespeare_prepare_offline_without_input(tmp_path, monkeypatch, capsys):
     prep = load_script("data/shakespeare_char/prepare.py", "shakespeare_prepare")
     monkeypatch.setattr(prep, "INPUT_PATH", str(tmp_path / "missing" / "input.txt"))
+
+    def offline(url, path, timeout=None):  # what urllib raises with no network (URLError is an OSError)
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(prep, "download", offline)
     with pytest.raises(SystemExit) as exc:
         prep.main(["--out_dir", str(tmp_path / "out")])
     assert exc.value.code != 0
@@ -213,7 +208,7 @@ def test_shakespeare_prepare_offline_without_input(tmp_path, monkeypatch, capsys
     assert "--input file not found" in capsys.readouterr().err
 
 
-def test_shakespeare_prepare_with_input(tmp_path, capsys, no_network):
+def test_shakespeare_prepare_with_input(tmp_path, capsys):
     prep = load_script("data/shakespeare_char/prepare.py", "shakespeare_prepare")
     src = tmp_path / "play.txt"
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 50

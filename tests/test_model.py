@@ -97,7 +97,8 @@ def test_hand_written_attention_equals_sdpa(monkeypatch):
     attn = m.transformer.h[0].attn
     q, k, v = (torch.randn(2, 2, 16, 16) for _ in range(3))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    monkeypatch.setattr(model_module, "dropout", lambda x, p, training: x)  # isolate the attention math
+    # isolate the attention math: a mask that drops nothing
+    monkeypatch.setattr(model_module, "dropout_mask", lambda shape, p, device: (torch.zeros(shape, dtype=torch.bool), 1.0))
     torch.testing.assert_close(attn._attention_with_dropout(q, k, v), ref, rtol=1e-5, atol=1e-6)
 
 

@@ -314,3 +314,19 @@ def test_sample_from_checkpoint_is_deterministic(tmp_path, char_dataset, capsys)
     with pytest.raises(SystemExit):
         sample.main([f"--out_dir={tmp_path}/none"])
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# the repo's own configs and docs
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")))
+def test_every_shipped_config_loads(name):
+    load_config([os.path.join(REPO, "configs", name), "--device=cpu", "--dtype=float32"])
+
+
+def test_readme_documents_every_config_key():
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    missing = [k for k in train.FIELD_TYPES if f"`{k}`" not in readme]
+    assert not missing, f"README's config table lacks {missing}"
