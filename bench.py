@@ -113,7 +113,7 @@ def run_row(spec):
     ptdtype = getattr(torch, spec["dtype"])
     data = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
     windows = train.RandomWindows(data, tc.batch_size, mc.block_size, device, 0)
-    optimizer = train.make_optimizer(model, tc, device)
+    optimizer = train.make_optimizer(model, tc)
     ctx = train.autocast_context(device, ptdtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(ptdtype == torch.float16))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

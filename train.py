@@ -77,7 +77,7 @@ class TrainConfig:
     # system
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see resolve_system
-    compile: bool = False  # torch.compile the model (minutes of compile on CPU, no gain at these sizes)
+    compile: bool = False  # torch.compile the model (for CUDA; on CPU compiling takes minutes)
     seed: int = 1337  # seeds weights, dropout and the batch sampler
 
 
@@ -375,7 +375,7 @@ def estimate_loss(model, splits, batch_size, block_size, eval_iters, device, ctx
 # optimizer
 
 
-def make_optimizer(model, tc, device_type):
+def make_optimizer(model, tc):
     """AdamW over the parameters that require grad (frozen ones, as PEFT leaves them, are
     not handed to the optimizer at all). Matrices (weights, embeddings) decay; biases and
     LayerNorm gains, the 1-D tensors, do not (as GPT-2 and nanoGPT)."""
@@ -387,8 +387,8 @@ def make_optimizer(model, tc, device_type):
         {"params": decay, "weight_decay": tc.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # fused AdamW: one kernel for all tensors; on this CPU it takes 0.8 ms vs 2.5 ms per step
-    # at the Shakespeare CPU model (README, Results)
+    # fused AdamW: one kernel for all tensors; at the Shakespeare CPU model it takes 0.8 ms
+    # per step here, vs 2.8 ms for the default (foreach) implementation nanoGPT uses on CPU
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=True)
 
 
@@ -527,12 +527,14 @@ def train(tc, mc):
     ctx = autocast_context(device, ptdtype)
     # fp16's range is too narrow for small gradients: scale the loss up, unscale before the step
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = make_optimizer(model, tc, device_type)
+    optimizer = make_optimizer(model, tc)
     windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
 
     iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     if tc.init_from == "resume":
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, decay in zip(optimizer.param_groups, (tc.weight_decay, 0.0)):
+            group["weight_decay"], group["betas"] = decay, (tc.beta1, tc.beta2)  # today's config, not the saved one
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, elapsed_before = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
         set_rng_state(ckpt["rng"], windows)
@@ -545,7 +547,8 @@ def train(tc, mc):
     os.makedirs(tc.out_dir, exist_ok=True)
     write_json_atomic(config, os.path.join(tc.out_dir, "config.json"))
     metrics_path = os.path.join(tc.out_dir, "metrics.jsonl")
-    trim_metrics(metrics_path, start_iter if tc.init_from == "resume" else 0)
+    if not tc.eval_only:
+        trim_metrics(metrics_path, start_iter if tc.init_from == "resume" else 0)
     metrics = open(metrics_path, "a")
 
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
@@ -566,8 +569,9 @@ def train(tc, mc):
 
     def log(row):
         row["time"] = round(elapsed_before + time.perf_counter() - t_start, 3)
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
+        if not tc.eval_only:  # an extra measurement is not part of the run's history
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
         return row
 
     def evaluate_and_save(it):

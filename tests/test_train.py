@@ -245,7 +245,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = str(tmp_path / "pwned")
     path = str(tmp_path / "ckpt.pt")
     with open(path, "wb") as f:
-        pickle.dump({"model": RunsCode(marker)}, f)
+        pickle.dump({"model": RunsCode(marker)}, f, protocol=2)
     with pytest.raises(UserError, match="refusing to load"):
         train.read_checkpoint(path)
     assert not os.path.exists(marker)
