@@ -330,3 +330,16 @@ def test_readme_documents_every_config_key():
         readme = f.read()
     missing = [k for k in train.FIELD_TYPES if f"`{k}`" not in readme]
     assert not missing, f"README's config table lacks {missing}"
+
+
+def test_fine_tune_starts_from_the_base_weights(tmp_path, char_dataset):
+    base = str(tmp_path / "base")
+    final = run_train(["--max_iters=3", "--eval_iters=2"], base, char_dataset)
+    # a new run initialised from base: its iter-0 evaluation is base's final one, exactly
+    first = run_train([f"--init_from={base}", "--max_iters=1", "--eval_iters=2", "--dropout=0.1"],
+                      str(tmp_path / "ft"), char_dataset)
+    rows = [r for r in read_metrics(tmp_path / "ft") if "val_loss" in r]
+    assert rows[0]["iter"] == 0 and rows[0]["val_loss"] == final["val_loss"]
+    assert first["iter"] == 1 and load_state(tmp_path / "ft")["iter_num"] == 1
+    with pytest.raises(UserError, match="n_embd=64 differs from the checkpoint's n_embd=32"):
+        load_config([f"--init_from={base}", "--n_embd=64", "--n_head=2"])
