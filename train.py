@@ -191,7 +191,7 @@ def load_config(argv):
         # resume: the run's own config is the base, so `--init_from=resume` alone continues it;
         # fine-tune: the architecture comes from the base model
         src = out_dir if init_from == "resume" else init_from
-        saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}")["config"]
+        saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
         keep = FIELD_TYPES if init_from == "resume" else ARCH_KEYS + ["block_size"]
         values.update({k: v for k, v in saved.items() if k in keep and k not in SYSTEM_KEYS})
         for k in ARCH_KEYS:
@@ -416,13 +416,14 @@ def save_checkpoint(obj, path):
         os.close(dir_fd)
 
 
-def read_checkpoint(path, why="loading", map_location="cpu"):
+def read_checkpoint(path, why="loading", map_location="cpu", mmap=False):
     """torch.load with weights_only=True: tensors and plain containers only, so a
-    checkpoint crafted to run code when unpickled is refused instead of executed."""
+    checkpoint crafted to run code when unpickled is refused instead of executed.
+    mmap=True maps the tensors lazily: cheap when only the config is wanted."""
     if not os.path.exists(path):
         raise UserError(f"{why}: no checkpoint at {path} (train one first, with --init_from=scratch)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # UnpicklingError for unsafe content, RuntimeError for a broken file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: not a plain weights checkpoint ({first})") from None
