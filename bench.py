@@ -191,7 +191,7 @@ def main(argv=None):
     for name in names:
         dtype, ckpt, accum = ROWS[name]
         spec = dict(vars(args), dtype=dtype, ckpt=ckpt, accum=accum)
-        for k in ("_child", "rows", "json", "quick"):
+        for k in ("_child", "_peak", "rows", "json", "quick"):
             spec.pop(k, None)
         for dt in (dtype, "float32"):
             if (dt, accum) not in peaks:

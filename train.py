@@ -545,12 +545,13 @@ def train(tc, mc):
     run_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
 
     config = {**asdict(tc), **asdict(mc), "device": device, "dtype": dtype}
-    os.makedirs(tc.out_dir, exist_ok=True)
-    write_json_atomic(config, os.path.join(tc.out_dir, "config.json"))
-    metrics_path = os.path.join(tc.out_dir, "metrics.jsonl")
+    metrics = None  # eval_only is an extra measurement: it leaves the run's files as they are
     if not tc.eval_only:
+        os.makedirs(tc.out_dir, exist_ok=True)
+        write_json_atomic(config, os.path.join(tc.out_dir, "config.json"))
+        metrics_path = os.path.join(tc.out_dir, "metrics.jsonl")
         trim_metrics(metrics_path, start_iter if tc.init_from == "resume" else 0)
-    metrics = open(metrics_path, "a")
+        metrics = open(metrics_path, "a")
 
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
     print(
@@ -570,7 +571,7 @@ def train(tc, mc):
 
     def log(row):
         row["time"] = round(elapsed_before + time.perf_counter() - t_start, 3)
-        if not tc.eval_only:  # an extra measurement is not part of the run's history
+        if metrics is not None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
         return row
@@ -602,9 +603,7 @@ def train(tc, mc):
         return row
 
     if tc.eval_only:
-        row = evaluate_and_save(iter_num)
-        metrics.close()
-        return row
+        return evaluate_and_save(iter_num)
 
     bar = tqdm(total=tc.max_iters, initial=iter_num, disable=not tc.progress, dynamic_ncols=True)
     run_model.train()

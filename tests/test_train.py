@@ -281,10 +281,13 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, char_dataset,
 def test_two_evaluations_of_the_same_weights_agree(tmp_path, char_dataset):
     out = str(tmp_path / "run")
     run_train(["--max_iters=2", "--eval_iters=3"], out, char_dataset)
+    files_before = {f: open(os.path.join(out, f)).read() for f in ("metrics.jsonl", "config.json")}
     first = run_train(["--eval_only=True", "--init_from=resume", "--eval_iters=3"], out, char_dataset)
     second = run_train(["--eval_only=True", "--init_from=resume", "--eval_iters=3"], out, char_dataset)
     assert first["val_loss"] == second["val_loss"]
     assert first["train_loss"] == second["train_loss"]
+    # an eval_only run is a measurement: the run's own files stay as they were
+    assert files_before == {f: open(os.path.join(out, f)).read() for f in ("metrics.jsonl", "config.json")}
 
 
 def test_bf16_autocast_on_cpu_trains_close_to_fp32(tmp_path, char_dataset):
