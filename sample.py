@@ -1,31 +1,65 @@
 """
-Generate text from a trained checkpoint.
+Generate text from a trained checkpoint: a pretrained or fully fine-tuned run, a PEFT run
+(its base is loaded and its PEFT tensors put on top, transparently), or several PEFT runs
+that share one base, switched without reading the base again.
 
     python sample.py --out_dir=out-quickstart
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --seed=7
+    python sample.py --adapters=out-peft/lora-gloucester,out-peft/lora-juliet --start="\n" --num_samples=1
 
-The checkpoint carries its tokenizer (the dataset's meta.json), so nothing but out_dir/ckpt.pt
-is read. Same --seed, same checkpoint, same output.
+A checkpoint carries its tokenizer (the dataset's meta.json), so nothing but out_dir/ckpt.pt
+(and, for a PEFT run, the base checkpoint it names) is read. Same --seed, same output.
 """
 
 import argparse
+import copy
+import os
 import sys
+from dataclasses import asdict
 
 import torch
 
-from model import GPT, GPTConfig
+from peft import PEFTConfig, apply_peft, load_peft_state_dict
 from tokenizer import tokenizer_from_meta
-from train import UserError, read_checkpoint
+from train import PEFT_KEYS, UserError, read_base_checkpoint, read_checkpoint, restore_model
 
 
 def load_model(out_dir, device="cpu"):
-    """(model in eval mode, tokenizer) from out_dir/ckpt.pt."""
-    ckpt = read_checkpoint(f"{out_dir}/ckpt.pt", why="sample.py")
-    model = GPT(GPTConfig(**{**ckpt["model_config"], "dropout": 0.0}))
-    model.load_state_dict(ckpt["model"])
+    """(model in eval mode, tokenizer) from out_dir/ckpt.pt; a PEFT run comes with its base."""
+    ckpt = read_checkpoint(os.path.join(out_dir, "ckpt.pt"), why="sample.py")
+    model = restore_model(ckpt, "sample.py", dropout=0.0)
     model.eval().to(device)
     return model, tokenizer_from_meta(ckpt["meta"])
+
+
+def load_adapters(run_dirs, device="cpu"):
+    """Yield (run_dir, model, tokenizer) for PEFT runs trained on one base, one run at a time.
+    The base checkpoint is read once. Runs with the same PEFT settings share one wrapped
+    model, and switching between them loads only their PEFT tensors (a few KB to MB);
+    each distinct setting gets its own in-memory copy of the base."""
+    ckpts = {}
+    for d in run_dirs:
+        ckpts[d] = read_checkpoint(os.path.join(d, "ckpt.pt"), why="sample.py --adapters")
+        if "peft_base" not in ckpts[d]:
+            raise UserError(f"--adapters: {d} is not a PEFT run (no base recorded); sample it with --out_dir={d}")
+    first = ckpts[run_dirs[0]]
+    for d, c in ckpts.items():
+        if c["peft_base"]["sha256"] != first["peft_base"]["sha256"]:
+            raise UserError(f"--adapters: {d} was trained on another base ({c['peft_base']['path']}) than "
+                            f"{run_dirs[0]} ({first['peft_base']['path']}); sample them in separate calls")
+    base = restore_model(read_base_checkpoint(first["peft_base"], "sample.py --adapters"), "sample.py", dropout=0.0)
+    settings = {d: PEFTConfig(**{k: c["config"][k] for k in PEFT_KEYS}) for d, c in ckpts.items()}
+    keys = {d: (tuple(asdict(settings[d]).items()), c["model_config"]["block_size"]) for d, c in ckpts.items()}
+    wrapped = {}  # (PEFT settings, block_size) -> the base with that surgery
+    for d, c in ckpts.items():
+        if keys[d] not in wrapped:
+            model = base if len(set(keys.values())) == 1 else copy.deepcopy(base)
+            if c["model_config"]["block_size"] < model.config.block_size:
+                model.crop_block_size(c["model_config"]["block_size"])
+            wrapped[keys[d]] = apply_peft(model, settings[d]).eval().to(device)
+        model = load_peft_state_dict(wrapped[keys[d]], c["model"])  # the switch: these tensors only
+        yield d, model, tokenizer_from_meta(c["meta"])
 
 
 def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, top_k, seed, device="cpu"):
@@ -43,6 +77,8 @@ def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, t
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--out_dir", default="out", help="run folder holding ckpt.pt")
+    p.add_argument("--adapters", default=None,
+                   help="comma-separated PEFT run folders on one base: sample each in turn (instead of --out_dir)")
     p.add_argument("--start", default="\n", help='prompt text, or FILE:path to read it from a file')
     p.add_argument("--num_samples", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=500)
@@ -62,18 +98,24 @@ def main(argv=None):
                 raise UserError(f"--start=FILE:{path}: cannot read it ({e.strerror})") from None
         if args.temperature < 0:
             raise UserError(f"--temperature={args.temperature} must be >= 0")
-        model, tok = load_model(args.out_dir, args.device)
-        try:
-            texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
-                                  args.top_k or None, args.seed, args.device)
-        except (KeyError, ValueError) as e:  # a prompt character outside the tokenizer's vocabulary
-            raise UserError(f"cannot encode the prompt: {e}") from None
+        if args.adapters:
+            runs = load_adapters([d for d in args.adapters.split(",") if d], args.device)
+        else:
+            runs = [(None, *load_model(args.out_dir, args.device))]
+        for run_dir, model, tok in runs:
+            try:
+                texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
+                                      args.top_k or None, args.seed, args.device)
+            except (KeyError, ValueError) as e:  # a prompt character outside the tokenizer's vocabulary
+                raise UserError(f"cannot encode the prompt: {e}") from None
+            if run_dir is not None:
+                print(f"=============== {run_dir}")
+            for text in texts:
+                print(text)
+                print("---------------")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    for text in texts:
-        print(text)
-        print("---------------")
 
 
 if __name__ == "__main__":

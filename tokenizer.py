@@ -438,7 +438,8 @@ def _write_atomic(path, data):
 
 def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fraction=0.1,
                     source=None, verbose=True):
-    """Tokenize text and write out_dir/{train.bin, val.bin, meta.json}.
+    """Tokenize text and write out_dir/{train.bin, val.bin, meta.json}. tokenizer is a
+    kind ('char', 'bpe', 'gpt2') or a ready Tokenizer, for datasets that must share ids.
 
     The first (1 - val_fraction) of the characters are the training split and
     the rest validation (nanoGPT's shakespeare_char: first 90% / last 10%).
@@ -447,7 +448,7 @@ def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fracti
     Returns the meta dict.
     """
     t0 = time.time()
-    if tokenizer not in TOKENIZER_KINDS:
+    if not isinstance(tokenizer, Tokenizer) and tokenizer not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer {tokenizer!r}; expected one of "
                          f"{', '.join(TOKENIZER_KINDS)}")
     if tokenizer == "bpe" and not 256 <= vocab_size <= MAX_UINT16_VOCAB:
@@ -464,7 +465,8 @@ def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fracti
 
     if verbose and tokenizer == "bpe":
         print(f"training BPE to {vocab_size} tokens on {len(train_text):,} characters...")
-    tok = build_tokenizer(tokenizer, train_text, full_text=text, vocab_size=vocab_size)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else build_tokenizer(
+        tokenizer, train_text, full_text=text, vocab_size=vocab_size)
     train_ids = tok.encode(train_text)
     val_ids = tok.encode(val_text)
 
@@ -485,7 +487,7 @@ def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fracti
                   json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
 
     if verbose:
-        print(f"tokenizer: {tokenizer}, vocab_size: {tok.vocab_size:,}")
+        print(f"tokenizer: {meta['tokenizer']}, vocab_size: {tok.vocab_size:,}")
         print(f"train: {len(train_ids):,} tokens ({len(train_text):,} chars), "
               f"val: {len(val_ids):,} tokens ({len(val_text):,} chars)")
         print(f"wrote train.bin, val.bin, meta.json to {out_dir} in {time.time() - t0:.1f}s")

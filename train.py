@@ -25,6 +25,7 @@ val_loss, time`) and ckpt.pt, written atomically at every eval and at the end.
 """
 
 import difflib
+import hashlib
 import inspect
 import json
 import math
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from model import GPT, GPTConfig
+from peft import PEFTConfig, apply_peft, load_peft_state_dict, peft_state_dict, trainable_summary
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -92,13 +94,19 @@ class NonFiniteLossError(UserError):
 # ----------------------------------------------------------------------------------------
 # configuration: defaults (the dataclasses) <- [the checkpoint's config on resume] <- file <- CLI
 
-# the flat key space: every TrainConfig field, and every GPTConfig field but vocab_size,
-# which comes from the dataset
+# the flat key space: every field of TrainConfig, of peft.PEFTConfig, and of GPTConfig but
+# vocab_size, which comes from the dataset
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]
+PEFT_KEYS = [f.name for f in fields(PEFTConfig)]
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+FIELD_TYPES.update({f.name: f.type for f in fields(PEFTConfig)})
 FIELD_TYPES.update({f.name: f.type for f in fields(GPTConfig) if f.name != "vocab_size"})
 # keys that must equal the checkpoint's when resuming or fine-tuning (the weights' shapes)
 ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"]
+# PEFT keys that shape a PEFT run's tensors: fixed once the run has started
+PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_targets", "adapter_size", "adapter_targets", "bitfit_layernorm"]
+# the keys that only matter to one PEFT method
+PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
 # keys that describe this machine, never carried over from a checkpoint's config
 SYSTEM_KEYS = ["device", "dtype", "compile"]
 
@@ -181,8 +189,8 @@ def parse_args(argv):
 
 
 def load_config(argv):
-    """Build (TrainConfig, GPTConfig) from defaults, a resumed checkpoint's config, config
-    files and --key=value arguments, and check the combination."""
+    """Build (TrainConfig, GPTConfig, PEFTConfig) from defaults, a resumed checkpoint's
+    config, config files and --key=value arguments, and check the combination."""
     overrides = parse_args(argv)
     values = {}
     init_from = overrides.get("init_from", TrainConfig.init_from)
@@ -194,11 +202,12 @@ def load_config(argv):
         saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
         keep = FIELD_TYPES if init_from == "resume" else ARCH_KEYS + ["block_size"]
         values.update({k: v for k, v in saved.items() if k in keep and k not in SYSTEM_KEYS})
-        for k in ARCH_KEYS:
-            if k in overrides and overrides[k] != saved[k]:
+        fixed = ARCH_KEYS + (PEFT_SHAPE_KEYS if init_from == "resume" else [])
+        for k in fixed:
+            if k in overrides and overrides[k] != saved.get(k, getattr(PEFTConfig, k, None)):
                 raise UserError(
                     f"{k}={overrides[k]} differs from the checkpoint's {k}={saved[k]} in {src}; "
-                    f"the weights have that shape (drop --{k})"
+                    f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} have that shape (drop --{k})"
                 )
         if overrides.get("block_size", 0) > saved["block_size"]:
             raise UserError(
@@ -207,13 +216,15 @@ def load_config(argv):
             )
     values.update(overrides)
     values["init_from"], values["out_dir"] = init_from, out_dir
-    tc = TrainConfig(**{k: v for k, v in values.items() if k not in MODEL_KEYS})
+    tc = TrainConfig(**{k: v for k, v in values.items() if k not in MODEL_KEYS and k not in PEFT_KEYS})
     try:
         mc = GPTConfig(**{k: v for k, v in values.items() if k in MODEL_KEYS})
+        pc = PEFTConfig(**{k: v for k, v in values.items() if k in PEFT_KEYS})
     except ValueError as e:
         raise UserError(str(e)) from None
     validate(tc)
-    return tc, mc
+    validate_peft(pc, tc, overrides)
+    return tc, mc, pc
 
 
 def validate(tc):
@@ -239,6 +250,17 @@ def validate(tc):
         tc.device == "auto" and torch.cuda.is_available()
     ):
         raise UserError("dtype='float16' needs a CUDA GPU (fp16 with a GradScaler); on CPU use bfloat16 or float32")
+
+
+def validate_peft(pc, tc, overrides):
+    if pc.peft != "none" and tc.init_from == "scratch":
+        raise UserError(f"peft='{pc.peft}' adapts a trained model: set init_from to its run folder "
+                        f"(e.g. --init_from=out-peft-base), not 'scratch'")
+    for key in overrides:
+        for method, prefix in PEFT_METHOD_KEYS.items():
+            if key.startswith(prefix) and pc.peft != method:
+                raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
+                                f"add --peft={method} or drop --{key}")
 
 
 def resolve_system(tc):
@@ -429,6 +451,52 @@ def read_checkpoint(path, why="loading", map_location="cpu", mmap=False):
         raise UserError(f"refusing to load {path}: not a plain weights checkpoint ({first})") from None
 
 
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_base_checkpoint(base, why):
+    """The base checkpoint a PEFT run was trained on ({"path", "sha256"} from its
+    checkpoint), after checking that it is still byte for byte the same file: the PEFT
+    tensors only mean something on top of exactly those weights."""
+    path = base["path"]
+    if not os.path.exists(path):
+        raise UserError(f"{why}: the PEFT run was trained on the base checkpoint {path}, which is gone; "
+                        f"put that checkpoint back at that path")
+    if file_sha256(path) != base["sha256"]:
+        raise UserError(f"{why}: the base checkpoint {path} has changed since the PEFT run was trained on it "
+                        f"(its sha256 differs); the PEFT tensors fit the original weights only")
+    return read_checkpoint(path, why)
+
+
+def restore_model(ckpt, why, peft_config=None, **overrides):
+    """The GPT a checkpoint describes, with overrides (dropout, a shorter block_size) applied
+    to its saved GPTConfig. A PEFT run's checkpoint holds only the PEFT tensors: the base's
+    weights are loaded (hash-checked), the run's surgery is redone from its saved config,
+    and the PEFT tensors are loaded on top (peft_config: today's settings, on resume)."""
+    cfg = {**ckpt["model_config"], **overrides}
+    weights = read_base_checkpoint(ckpt["peft_base"], why) if "peft_base" in ckpt else ckpt
+    model = GPT(GPTConfig(**{**cfg, "block_size": weights["model_config"]["block_size"]}))
+    model.load_state_dict(weights["model"])
+    if cfg["block_size"] < model.config.block_size:
+        model.crop_block_size(cfg["block_size"])
+    if "peft_base" in ckpt:
+        apply_peft(model, peft_config or PEFTConfig(**{k: ckpt["config"][k] for k in PEFT_KEYS}))
+        load_peft_state_dict(model, ckpt["model"])
+    return model
+
+
+TOKENIZER_META_KEYS = ["tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"]
+
+
+def same_tokenizer(meta_a, meta_b):
+    return all(meta_a.get(k) == meta_b.get(k) for k in TOKENIZER_META_KEYS)
+
+
 def rng_state(windows):
     np_state = np.random.get_state()
     state = {
@@ -489,9 +557,11 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
     optimizer.zero_grad(set_to_none=True)
 
 
-def train(tc, mc):
-    """Run the training that (tc, mc) describe. Returns the final metrics row."""
+def train(tc, mc, pc=None):
+    """Run the training that (tc, mc, pc) describe. Returns the final metrics row."""
     from tqdm import tqdm
+
+    pc = pc or PEFTConfig()
 
     device, dtype = resolve_system(tc)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
@@ -505,24 +575,41 @@ def train(tc, mc):
     train_data, val_data, meta = load_dataset(tc.dataset)
     mc.vocab_size = meta["vocab_size"]
 
-    # the model: fresh, or the weights of a checkpoint (resume / fine-tune)
-    ckpt = None
+    # the model: fresh, or the weights of a checkpoint (resume / fine-tune), then PEFT surgery
+    ckpt, peft_base = None, None
     if tc.init_from != "scratch":
         src = tc.out_dir if tc.init_from == "resume" else tc.init_from
-        ckpt = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={tc.init_from}")
-        saved = ckpt["model_config"]
-        if saved["vocab_size"] != mc.vocab_size:
+        why = f"--init_from={tc.init_from}"
+        ckpt_path = os.path.join(src, "ckpt.pt")
+        ckpt = read_checkpoint(ckpt_path, why=why)
+        if not same_tokenizer(ckpt["meta"], meta):
             raise UserError(
-                f"dataset '{tc.dataset}' has vocab_size={mc.vocab_size} but the checkpoint in {src} "
-                f"was trained with vocab_size={saved['vocab_size']} (a different tokenizer)"
+                f"dataset '{tc.dataset}' has another tokenizer (vocab_size={meta['vocab_size']}) than the checkpoint "
+                f"in {src} (vocab_size={ckpt['meta']['vocab_size']}); prepare the data with that checkpoint's tokenizer"
             )
-        model = GPT(GPTConfig(**{**asdict(mc), "block_size": saved["block_size"]}))
-        model.load_state_dict(ckpt["model"])
-        if mc.block_size < saved["block_size"]:
-            model.crop_block_size(mc.block_size)
+        if tc.init_from == "resume" and "optimizer" not in ckpt:
+            raise UserError(f"{src} holds an exported checkpoint (no optimizer state), which cannot be resumed; "
+                            f"fine-tune from it with --init_from={src} and another out_dir")
+        if tc.init_from != "resume" and "peft_base" in ckpt:
+            raise UserError(
+                f"{src} is a PEFT run: its ckpt.pt holds only PEFT tensors. Fine-tune from its base "
+                f"({os.path.dirname(ckpt['peft_base']['path'])}), or export a merged model first: "
+                f"python export.py --out_dir={src} --to=DIR"
+            )
+        # a PEFT run (on resume): its base, its surgery, its tensors
+        model = restore_model(ckpt, why, pc if tc.init_from == "resume" else None, **asdict(mc))
+        if tc.init_from == "resume":
+            peft_base = ckpt.get("peft_base")
+        elif pc.peft != "none":
+            try:
+                apply_peft(model, pc)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            peft_base = {"path": os.path.abspath(ckpt_path), "sha256": file_sha256(ckpt_path)}
     else:
         model = GPT(mc)
     model.to(device)
+    trainable = trainable_summary(model)
 
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = autocast_context(device, ptdtype)
@@ -544,7 +631,8 @@ def train(tc, mc):
 
     run_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
 
-    config = {**asdict(tc), **asdict(mc), "device": device, "dtype": dtype}
+    config = {**asdict(tc), **asdict(mc), **asdict(pc), "device": device, "dtype": dtype,
+              "trainable": {k: v for k, v in trainable.items() if k != "line"}}
     metrics = None  # eval_only is an extra measurement: it leaves the run's files as they are
     if not tc.eval_only:
         os.makedirs(tc.out_dir, exist_ok=True)
@@ -559,6 +647,8 @@ def train(tc, mc):
         f"tokens per optimizer step: {tokens_per_iter:,} "
         f"({tc.gradient_accumulation_steps} x {tc.batch_size} x {mc.block_size})"
     )
+    if pc.peft != "none" or tc.init_from not in ("scratch", "resume"):
+        print(f"{pc.peft if pc.peft != 'none' else 'full fine-tuning'}: {trainable['line']}")
     if tc.init_from == "resume":
         print(f"resuming {tc.out_dir} at iter {iter_num}")
     if iter_num >= tc.max_iters and not tc.eval_only:
@@ -588,7 +678,8 @@ def train(tc, mc):
             return row
         if improved or tc.always_save_checkpoint or it == tc.max_iters:
             ckpt = {
-                "model": model.state_dict(),
+                # a PEFT run saves its PEFT tensors and where its base is (restore_model)
+                "model": peft_state_dict(model) if peft_base else model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(),
                 "model_config": asdict(model.config),
@@ -599,6 +690,8 @@ def train(tc, mc):
                 "elapsed": row["time"],
                 "rng": rng_state(windows),
             }
+            if peft_base:
+                ckpt["peft_base"] = peft_base
             save_checkpoint(ckpt, os.path.join(tc.out_dir, "ckpt.pt"))
         return row
 
@@ -659,8 +752,8 @@ def trim_metrics(path, start_iter):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
-        tc, mc = load_config(argv)
-        train(tc, mc)
+        tc, mc, pc = load_config(argv)
+        train(tc, mc, pc)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,8 +18,8 @@ from train import TrainConfig, UserError, get_lr, load_config
 
 def run_train(args, out_dir, dataset):
     """Train in this process; returns the final eval row."""
-    tc, mc = load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}"] + args)
-    return train.train(tc, mc)
+    tc, mc, pc = load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}"] + args)
+    return train.train(tc, mc, pc)
 
 
 def run_train_subprocess(args, out_dir, dataset):
@@ -74,7 +74,7 @@ def test_wrong_types_name_key_type_and_value(tmp_path):
 def test_values_convert_and_override_in_order(tmp_path):
     cfg = tmp_path / "c.py"
     cfg.write_text("learning_rate = 1\nbatch_size = 8\nout_dir = 'a'\n")
-    tc, mc = load_config([str(cfg), "--batch_size=3", "--out_dir=123", "--bias=True", "--n_layer=3"])
+    tc, mc, pc = load_config([str(cfg), "--batch_size=3", "--out_dir=123", "--bias=True", "--n_layer=3"])
     assert tc.learning_rate == 1.0 and isinstance(tc.learning_rate, float)
     assert tc.batch_size == 3 and tc.out_dir == "123" and mc.bias is True and mc.n_layer == 3
     assert tc.max_iters == TrainConfig.max_iters  # untouched keys keep the dataclass default
@@ -102,7 +102,7 @@ def test_resume_errors(tmp_path, char_dataset):
     with pytest.raises(UserError, match="n_layer=3 differs from the checkpoint's n_layer=2"):
         load_config(["--init_from=resume", f"--out_dir={out}", "--n_layer=3"])
     # resume takes the run's own config as its base: nothing else needs repeating
-    tc, mc = load_config(["--init_from=resume", f"--out_dir={out}"])
+    tc, mc, pc = load_config(["--init_from=resume", f"--out_dir={out}"])
     assert (tc.max_iters, tc.dataset, mc.n_embd) == (2, char_dataset, 32)
 
 
