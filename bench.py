@@ -4,6 +4,7 @@ Throughput, MFU and peak memory of the training step, one configuration per row,
     python bench.py                  # nanoGPT's Shakespeare model (6 layers, 384 wide, block 256)
     python bench.py --quick          # a smaller model and fewer steps: 1-2 minutes
     python bench.py --rows fp32,fp32_ckpt --batch_size=32 --steps=3
+    python bench.py --moe            # MoE feed-forward vs the dense MLP with the same active parameters
 
 Each row runs in a subprocess of its own, so its peak memory is that row's alone: peak RSS
 from the OS (getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA. The step timed is
@@ -146,6 +147,59 @@ def run_row(spec):
 
 
 # ----------------------------------------------------------------------------------------
+# MoE feed-forward vs dense MLP (--moe)
+
+
+def moe_layers(C, n_experts=8):
+    """The feed-forward variants compared, each with the dense MLP's active parameters per
+    token (8C^2): the dense MLP (hidden 4C), top-2 of 8 experts of hidden 2C, Switch top-1
+    of 8 experts of hidden 4C (capacity factor 1.25)."""
+    from model import MLP, GPTConfig
+    from moe import MoE
+
+    return {
+        "dense MLP (hidden 4C)": MLP(GPTConfig(n_embd=C, n_head=1)),
+        f"top-2 of {n_experts} (hidden 2C)": MoE(C, 2 * C, n_experts, top_k=2),
+        f"switch top-1 of {n_experts} (hidden 4C)": MoE(C, 4 * C, n_experts, top_k=1, router="switch"),
+    }
+
+
+def bench_moe(C, token_counts, steps, warmup):
+    """Median forward+backward seconds of each feed-forward variant at each token count."""
+    import torch
+
+    torch.manual_seed(0)
+    layers = moe_layers(C)
+    print(f"feed-forward layers at n_embd={C}, fp32, forward + backward (median of {steps}), "
+          f"torch threads: {_threads()}")
+    print("| tokens | " + " | ".join(layers) + " | MoE / dense |")
+    print("|---" * (len(layers) + 2) + "|")
+    rows = []
+    for n in token_counts:
+        x = torch.randn(1, n, C, requires_grad=True)
+        times = {}
+        for name, layer in layers.items():
+            def step():
+                out = layer(x)
+                y, extra = (out[0], out[1]["loss"]) if isinstance(out, tuple) else (out, 0.0)
+                (y.square().mean() + extra).backward()
+
+            for _ in range(warmup):
+                step()
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                step()
+                ts.append(time.perf_counter() - t0)
+            times[name] = sorted(ts)[len(ts) // 2]
+        dense = list(times.values())[0]
+        ratios = ", ".join(f"{t / dense:.2f}x" for t in list(times.values())[1:])
+        print(f"| {n:,} | " + " | ".join(f"{1000 * t:.1f} ms" for t in times.values()) + f" | {ratios} |", flush=True)
+        rows.append({"tokens": n, **times})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
 # the parent: one subprocess per row, then the table
 
 
@@ -163,6 +217,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--moe", action="store_true", help="time the MoE feed-forward against the dense MLP instead")
+    p.add_argument("--tokens", default="1024,4096,16384", help="--moe: token counts (batch x block)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_peak", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -172,6 +228,12 @@ def main(argv=None):
         return
     if args._peak:
         print(json.dumps(run_peak(json.loads(args._peak))))
+        return
+    if args.moe:
+        rows = bench_moe(args.n_embd, [int(t) for t in args.tokens.split(",")], args.steps, args.warmup)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "moe_rows": rows}, f, indent=2)
         return
     if args.quick:
         args.n_layer, args.n_head, args.n_embd, args.block_size, args.steps, args.warmup = 4, 4, 256, 128, 3, 1

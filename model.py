@@ -24,11 +24,14 @@ References: GPT-2 (Radford et al. 2019), nanoGPT's model.py (layout and paramete
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+from moe import MoE
 
 
 @dataclass
@@ -41,12 +44,41 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings, attention weights and both residual branches
     bias: bool = False  # biases in Linear and LayerNorm (GPT-2: True; nanoGPT: False is a bit better)
     grad_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # mixture of experts (moe.py): off at moe_num_experts = 0
+    moe_num_experts: int = 0  # experts per MoE layer; 0 = a dense MLP in every block
+    moe_top_k: int = 2  # experts per token (the Switch router takes 1)
+    moe_router: Literal["topk", "switch"] = "topk"  # dropless top-k, or Switch top-1 with capacity
+    moe_hidden: int = 0  # each expert's hidden width; 0 = 4 * n_embd / moe_top_k (the dense MLP's active size)
+    moe_capacity_factor: float = 1.25  # Switch: tokens per expert = ceil(factor * tokens / experts), training
+    moe_eval_capacity_factor: float = 2.0  # the same, in eval
+    moe_aux_loss_coef: float = 1e-2  # load-balancing loss weight (Switch: 1e-2)
+    moe_z_loss_coef: float = 1e-3  # router z-loss weight (ST-MoE: 1e-3)
+    moe_every: int = 1  # every moe_every-th block gets an MoE (2: every other one, as Switch and GShard)
+    moe_shared_expert: bool = False  # add one always-on expert (DeepSeekMoE)
+    moe_noisy: bool = False  # noisy top-k gating, training only (Shazeer et al. 2017)
+    moe_init_scale: float = 1.0  # scale the experts' init (Switch section 2.6 uses 0.1)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.moe_num_experts < 0 or self.moe_every < 1:
+            raise ValueError(f"moe_num_experts={self.moe_num_experts} must be >= 0 and moe_every={self.moe_every} >= 1")
+        if self.moe_num_experts > 0:
+            if self.moe_router == "switch" and self.moe_top_k != 1:
+                raise ValueError(f"moe_router='switch' routes each token to one expert: set moe_top_k=1 (got {self.moe_top_k})")
+            if not 1 <= self.moe_top_k <= self.moe_num_experts:
+                raise ValueError(f"moe_top_k={self.moe_top_k} must be between 1 and moe_num_experts={self.moe_num_experts}")
+            if self.moe_capacity_factor <= 0 or self.moe_eval_capacity_factor <= 0:
+                raise ValueError("moe_capacity_factor and moe_eval_capacity_factor must be > 0")
+
+    def is_moe_block(self, i):
+        """Block i (0-based) has an MoE feed-forward: every moe_every-th block, the last of each group."""
+        return self.moe_num_experts > 0 and (i + 1) % self.moe_every == 0
+
+    def expert_hidden(self):
+        return self.moe_hidden or max(1, 4 * self.n_embd // self.moe_top_k)
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,19 +170,39 @@ class MLP(nn.Module):
         return dropout(self.c_proj(x), self.dropout, self.training)
 
 
-class Block(nn.Module):
+class MoEFeedForward(nn.Module):
+    """moe.MoE as a block's feed-forward, with the block's residual dropout."""
+
     def __init__(self, config):
+        super().__init__()
+        c = config
+        self.moe = MoE(c.n_embd, c.expert_hidden(), c.moe_num_experts, c.moe_top_k, c.moe_router,
+                       c.moe_capacity_factor, c.moe_eval_capacity_factor, c.moe_aux_loss_coef,
+                       c.moe_z_loss_coef, c.moe_noisy, c.moe_shared_expert, c.moe_init_scale, c.bias)
+        self.dropout = c.dropout
+
+    def forward(self, x):
+        y, aux = self.moe(x)
+        return dropout(y, self.dropout, self.training), aux
+
+
+class Block(nn.Module):
+    def __init__(self, config, moe=False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MoEFeedForward(config) if moe else MLP(config)
+        self.is_moe = moe
 
     def forward(self, x):
+        """(B, T, C) -> (B, T, C), and the MoE's aux dict (None for a dense block)."""
         # pre-LayerNorm residual block (GPT-2, section 2.3)
         x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        if self.is_moe:
+            y, aux = self.mlp(self.ln_2(x))
+            return x + y, aux
+        return x + self.mlp(self.ln_2(x)), None
 
 
 class GPT(nn.Module):
@@ -161,7 +213,7 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, config.is_moe_block(i)) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
@@ -182,17 +234,32 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, MoE):
+            # each expert as a dense MLP would be, times moe_init_scale (Switch uses 0.1)
+            s = self.config.moe_init_scale
+            nn.init.normal_(module.w_fc, mean=0.0, std=0.02 * s)
+            nn.init.normal_(module.w_proj, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer) * s)
 
-    def get_num_params(self, non_embedding=True):
+    def get_num_params(self, non_embedding=True, active=False):
         """Parameters, counted once (the tied head is the embedding). Position embeddings
-        are left out by default: they are a lookup, not a matmul, so they cost no FLOPs."""
+        are left out by default: they are a lookup, not a matmul, so they cost no FLOPs.
+        active=True counts what one token uses: of each MoE layer's experts, top_k."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
+        if active:
+            for m in self.modules():
+                if isinstance(m, MoE):
+                    expert = [m.w_fc, m.w_proj] + [b for b in (m.b_fc, m.b_proj) if b is not None]
+                    n -= sum(p.numel() for p in expert) * (m.n_experts - m.top_k) // m.n_experts
         return n
 
     def hidden_states(self, idx):
         """(B, T) token ids -> (B, T, n_embd) after the final LayerNorm."""
+        return self._trunk(idx)[0]
+
+    def _trunk(self, idx):
+        """(B, T) -> ((B, T, n_embd) after the final LayerNorm, the MoE layers' aux dicts)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
@@ -202,21 +269,36 @@ class GPT(nn.Module):
         # checkpointing only when a backward will follow; RNG state is saved and replayed
         # (preserve_rng_state defaults to True), so recomputed dropout masks match
         recompute = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
+        auxes = []
         for block in self.transformer.h:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
-        return self.transformer.ln_f(x)
+            x, aux = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            if aux is not None:
+                auxes.append(aux)
+        return self.transformer.ln_f(x), auxes
 
     def forward(self, idx, targets=None):
         """idx, targets: (B, T) int64. Returns logits (B, T, vocab) and the mean
-        cross-entropy over positions whose target is not -1 (or None without targets)."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, vocab)
+        cross-entropy over positions whose target is not -1 (or None without targets).
+        With MoE layers, in training mode, the loss also holds their weighted balancing
+        and z losses; in eval mode it is the cross-entropy alone, so val losses compare
+        with a dense model's. Routing statistics of this forward: self.moe_stats."""
+        x, auxes = self._trunk(idx)
+        logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
             # in fp32 even under autocast: a bf16 log-softmax loses ~3 significant digits
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
             )
+        if auxes:
+            # for logging only, replaced by every forward: the losses travel in the return value
+            self.moe_stats = moe_statistics(auxes, loss)
+            if loss is not None and self.training:
+                loss = loss + sum(a["loss"] for a in auxes)
         return logits, loss
+
+    def moe_layers(self):
+        return [m for m in self.modules() if isinstance(m, MoE)]
 
     def crop_block_size(self, block_size):
         """Use fewer positions than the model was built with (e.g. fine-tuning on shorter
@@ -232,7 +314,7 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward) at context T, as in the PaLM paper
         (Chowdhery et al. 2022, appendix B): 6N for the weight matmuls plus 12 * L * T * C for
         attention's two (T x T) matmuls, counting the masked half as most reports do."""
-        N = self.get_num_params()
+        N = self.get_num_params(active=True)  # an MoE token uses top_k experts, not all
         L, C = self.config.n_layer, self.config.n_embd
         return 6 * N + 12 * L * T * C
 
@@ -242,7 +324,7 @@ class GPT(nn.Module):
         Pass a seeded torch.Generator for reproducible samples. Call model.eval() first."""
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
-            logits = self.lm_head(self.hidden_states(context)[:, -1, :]).float()  # (B, vocab)
+            logits = self.lm_head(self._trunk(context)[0][:, -1, :]).float()  # (B, vocab)
             if temperature == 0.0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -254,3 +336,14 @@ class GPT(nn.Module):
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
+
+
+def moe_statistics(auxes, ce=None):
+    """Detached routing statistics over a forward's MoE layers: the unweighted balancing and
+    z losses and the dropped fraction (means over layers), and each layer's expert load."""
+    mean = lambda key: torch.stack([a[key] for a in auxes]).mean().item()  # noqa: E731
+    stats = {"aux_loss": mean("aux_loss"), "z_loss": mean("z_loss"), "dropped": mean("dropped"),
+             "entropy": mean("entropy"), "load": [a["load"].tolist() for a in auxes]}
+    if ce is not None:
+        stats["ce"] = ce.item()
+    return stats

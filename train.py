@@ -642,8 +642,10 @@ def train(tc, mc, pc=None):
         metrics = open(metrics_path, "a")
 
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
+    moe_layers = model.moe_layers()
+    active = f" ({model.get_num_params(active=True) / 1e6:.2f}M active per token)" if moe_layers else ""
     print(
-        f"model: {model.get_num_params() / 1e6:.2f}M parameters | {device} {dtype} | "
+        f"model: {model.get_num_params() / 1e6:.2f}M parameters{active} | {device} {dtype} | "
         f"tokens per optimizer step: {tokens_per_iter:,} "
         f"({tc.gradient_accumulation_steps} x {tc.batch_size} x {mc.block_size})"
     )
@@ -727,8 +729,17 @@ def train(tc, mc, pc=None):
             now = time.perf_counter()
             tok_s = tokens_per_iter * steps_since_log / max(now - t_last, 1e-9)
             t_last, steps_since_log = now, 0
-            log({"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)})
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            row = {"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)}
+            postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            if moe_layers:
+                # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
+                stats = model.moe_stats
+                row.update(ce=stats["ce"], aux_loss=stats["aux_loss"], z_loss=stats["z_loss"],
+                           dropped=stats["dropped"], load=stats["load"])
+                flat = [f for layer in stats["load"] for f in layer]
+                postfix["load"] = f"{100 * min(flat):.0f}-{100 * max(flat):.0f}%"
+            log(row)
+            bar.set_postfix(**postfix, refresh=False)
 
     bar.close()
     row = evaluate_and_save(iter_num)  # the final state is always evaluated and saved
