@@ -1,9 +1,11 @@
 """
-The one training loop: pretraining from scratch, fine-tuning from a checkpoint, and resuming.
+The one training loop: pretraining from scratch, full or parameter-efficient fine-tuning
+from a checkpoint, and resuming.
 
     python train.py configs/quickstart.py                      # a config file: plain assignments
     python train.py configs/shakespeare_char_cpu.py --max_iters=500 --dtype=float32
     python train.py configs/shakespeare_char_cpu.py --init_from=resume --max_iters=3000
+    python train.py configs/peft_finetune.py --peft=lora --lora_r=8   # LoRA on a base run (peft.py)
 
 A config file is Python whose top-level assignments set config keys (names starting with
 "_" are private helpers); `--key=value` on the command line overrides it. Every key, its
@@ -22,6 +24,11 @@ What one optimizer step does (DESIGN.md, "How data flows"):
 out_dir receives config.json (the resolved config), metrics.jsonl (a JSON object per line:
 training rows `iter, loss, lr, tokens_per_sec, time`, eval rows `iter, train_loss,
 val_loss, time`) and ckpt.pt, written atomically at every eval and at the end.
+
+PEFT (peft != 'none', with init_from a base run folder): the base is loaded, peft.py's
+surgery freezes it and adds the PEFT parameters, and only those reach the optimizer. The
+run's ckpt.pt then holds the PEFT tensors, their optimizer state and the path and sha256
+of the base's ckpt.pt (restore_model puts the two back together, refusing a changed base).
 """
 
 import difflib
