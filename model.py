@@ -10,6 +10,9 @@ Used by train.py (pretraining, fine-tuning, distillation), sample.py and bench.p
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
     logits, loss = model(idx, targets)      # logits for every position: (B, T, vocab)
 
+With moe_num_experts > 0, the MLP of every moe_every-th block is a mixture of experts
+(moe.py); GPT.forward then adds the routers' weighted aux losses to its training loss.
+
 Two things differ from nanoGPT, both measured (see README):
 - `forward` returns logits at every position even without targets (a distillation teacher
   needs all of them); `generate` alone keeps only the last position.

@@ -38,7 +38,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+from experiment import REPO, read_json, read_metrics, train_run
+
 ROOT = os.path.join(REPO, "out-peft")
 BASE = os.path.join(ROOT, "base")
 ALL_LINEAR = "c_attn,c_proj,c_fc"
@@ -64,41 +65,6 @@ JULIET = ["--peft=lora", "--lora_r=8", "--lora_targets=c_attn[q,v]", "--learning
           "--dataset=shakespeare_voices/juliet"]
 
 
-def run_logged(cmd, log_path):
-    """Run cmd with its output in log_path; returns (wall seconds, peak RSS in MiB) of that
-    process alone (os.wait4 reports the child's own resource usage)."""
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-2000:]
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024  # KiB on Linux
-
-
-def finished(out_dir):
-    """True if out_dir holds a run that this script completed (run.json is written last)."""
-    path = os.path.join(out_dir, "run.json")
-    return os.path.exists(path) and os.path.exists(os.path.join(out_dir, "ckpt.pt"))
-
-
-def train_run(name, out_dir, args, config):
-    """Train one run (unless it is already finished) and record its cost in out_dir/run.json."""
-    if finished(out_dir):
-        print(f"{name}: reusing {os.path.relpath(out_dir, REPO)}")
-        return
-    print(f"{name}: training -> {os.path.relpath(out_dir, REPO)}", flush=True)
-    shutil.rmtree(out_dir, ignore_errors=True)  # a half-finished run starts over
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    cmd = [sys.executable, "train.py", config, *args, f"--out_dir={out_dir}", "--progress=False"]
-    wall, rss = run_logged(cmd, out_dir + ".log")
-    with open(os.path.join(out_dir, "run.json"), "w") as f:
-        json.dump({"wall_s": wall, "peak_rss_mib": rss, "cmd": cmd[1:]}, f, indent=1)
-
-
 def evaluate(run_dir, dataset, eval_iters, batch_size):
     """Val loss of run_dir's final model on dataset's val split, with train.py's own fixed
     evaluation batches (so it matches the eval rows of metrics.jsonl)."""
@@ -115,12 +81,9 @@ def evaluate(run_dir, dataset, eval_iters, batch_size):
 
 
 def row_result(name, out_dir, ft_config):
-    with open(os.path.join(out_dir, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(out_dir, "run.json")) as f:
-        cost = json.load(f)
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    config = read_json(os.path.join(out_dir, "config.json"))
+    cost = read_json(os.path.join(out_dir, "run.json"))
+    rows = read_metrics(out_dir)
     evals = [r for r in rows if "val_loss" in r]
     tokens_per_iter = config["batch_size"] * config["gradient_accumulation_steps"] * config["block_size"]
     s_per_iter = statistics.median(tokens_per_iter / r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r)
@@ -148,8 +111,7 @@ def base_row(ft_config):
     import train
 
     ckpt = train.read_checkpoint(os.path.join(BASE, "ckpt.pt"))
-    with open(os.path.join(BASE, "run.json")) as f:
-        cost = json.load(f)
+    cost = read_json(os.path.join(BASE, "run.json"))
     return {
         "row": "none",
         "target_val_best": evaluate(BASE, ft_config["dataset"], ft_config["eval_iters"], ft_config["batch_size"]),
@@ -210,8 +172,7 @@ def lr_scan():
             out_dir = os.path.join(ROOT, "scan", f"{name}-lr{lr:g}")
             args = [a for a in ROWS[name] if not a.startswith("--learning_rate=")] + [f"--learning_rate={lr:g}"]
             train_run(f"{name} lr={lr:g}", out_dir, args, "configs/peft_finetune.py")
-            with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-                best[lr] = min(json.loads(line).get("val_loss", float("inf")) for line in f)
+            best[lr] = min(r.get("val_loss", float("inf")) for r in read_metrics(out_dir))
         print(f"{name}: " + ", ".join(f"lr={lr:g}: {v:.4f}" for lr, v in best.items())
               + f" -> best lr={min(best, key=best.get):g}", flush=True)
 
