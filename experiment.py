@@ -57,3 +57,42 @@ def read_json(path):
 def read_metrics(out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def parse_args(argv, doc, rows, root, plot=None):
+    """The command line every experiment script shares: --input, --rows, --fresh (delete
+    root first) and --plot. Prepares data/shakespeare_char from --input if it is missing.
+    Returns (args, the chosen row names)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--input", default=None, help="tiny shakespeare's input.txt, if data/shakespeare_char is not prepared")
+    p.add_argument("--rows", default=",".join(rows), help=f"comma-separated rows from: {', '.join(rows)}")
+    p.add_argument("--fresh", action="store_true", help=f"delete {os.path.relpath(root, REPO)}/ first")
+    if plot:
+        p.add_argument("--plot", default=plot, help="where the PNG goes (needs matplotlib)")
+    args = p.parse_args(argv)
+    chosen = [r for r in args.rows.split(",") if r]
+    if any(r not in rows for r in chosen):
+        p.error(f"unknown rows; choose from {', '.join(rows)}")
+    if args.fresh:
+        shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    if not os.path.exists(os.path.join(REPO, "data", "shakespeare_char", "meta.json")):
+        cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--input", args.input] if args.input else [])
+        subprocess.run(cmd, cwd=REPO, check=True)
+    return args, chosen
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files, or None (and a message) where matplotlib, an
+    optional dependency, is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    return plt

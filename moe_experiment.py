@@ -20,15 +20,11 @@ and layers) averaged over the last 10% of training. The plot (docs/moe_load.png,
 matplotlib) shows each expert's share of the tokens over training, per row.
 """
 
-import argparse
 import os
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 
-from experiment import REPO, read_json, read_metrics, train_run
+from experiment import REPO, parse_args, pyplot, read_json, read_metrics, train_run
 
 ROOT = os.path.join(REPO, "out-moe")
 CONFIG = "configs/moe_shakespeare.py"
@@ -101,13 +97,8 @@ def table(results):
 
 def plot_load(runs, path):
     """Each expert's share of routed tokens over training (layer 0), one panel per MoE row."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no load plot (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), sharey=True, squeeze=False)
     for ax, (name, out_dir) in zip(axes[0], runs.items()):
@@ -127,21 +118,8 @@ def plot_load(runs, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--input", default=None, help="tiny shakespeare's input.txt, if data/shakespeare_char is not prepared")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows from: {', '.join(ROWS)}")
-    p.add_argument("--fresh", action="store_true", help="delete out-moe/ first")
-    p.add_argument("--plot", default=os.path.join(REPO, "docs", "moe_load.png"))
-    args = p.parse_args(argv)
-    rows = [r for r in args.rows.split(",") if r]
-    if any(r not in ROWS for r in rows):
-        p.error(f"unknown rows; choose from {', '.join(ROWS)}")
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "moe_load.png"))
     t0 = time.perf_counter()
-    if args.fresh:
-        shutil.rmtree(ROOT, ignore_errors=True)
-    if not os.path.exists(os.path.join(REPO, "data", "shakespeare_char", "meta.json")):
-        cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--input", args.input] if args.input else [])
-        subprocess.run(cmd, cwd=REPO, check=True)
     for name in rows:
         train_run(name, os.path.join(ROOT, name), ROWS[name], CONFIG)
     dense_time = None

@@ -49,6 +49,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+import distill
 from model import GPT, GPTConfig
 from peft import PEFTConfig, apply_peft, load_peft_state_dict, peft_state_dict, trainable_summary
 
@@ -88,6 +89,14 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see resolve_system
     compile: bool = False  # torch.compile the model (for CUDA; on CPU compiling takes minutes)
     seed: int = 1337  # seeds weights, dropout and the batch sampler
+    # knowledge distillation (distill.py): loss = kd_alpha * KD + (1 - kd_alpha) * cross-entropy
+    teacher: str = ""  # run folder of a teacher that runs on every batch (online KD)
+    soft_labels: str = ""  # or a soft-label cache folder (python distill.py cache ...)
+    kd_alpha: float = 0.0  # weight of the KD term; 0 = plain training
+    kd_temperature: float = 1.0  # T: both distributions are softmax(logits / T); the loss is scaled by T^2
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    kd_jsd_beta: float = 0.5  # jsd: the mixture weight of the teacher
+    kd_top_k: int = 0  # soft_labels: use the cache's top kd_top_k logits per position (0 = all it holds)
 
 
 class UserError(Exception):
@@ -253,6 +262,18 @@ def validate(tc):
         raise UserError(f"device='{tc.device}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if tc.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device='{tc.device}' but this PyTorch sees no CUDA GPU; use --device=cpu")
+    if not 0.0 <= tc.kd_alpha <= 1.0:
+        raise UserError(f"kd_alpha={tc.kd_alpha} must be in [0, 1]")
+    if tc.teacher and tc.soft_labels:
+        raise UserError("teacher and soft_labels are two sources of the same soft labels: give one")
+    if tc.kd_alpha > 0 and not (tc.teacher or tc.soft_labels):
+        raise UserError(f"kd_alpha={tc.kd_alpha} needs soft labels: set teacher=<run folder> or soft_labels=<cache>")
+    if tc.kd_temperature <= 0:
+        raise UserError(f"kd_temperature={tc.kd_temperature} must be > 0")
+    if not 0.0 < tc.kd_jsd_beta < 1.0:
+        raise UserError(f"kd_jsd_beta={tc.kd_jsd_beta} must be in (0, 1)")
+    if tc.kd_top_k < 0:
+        raise UserError(f"kd_top_k={tc.kd_top_k} must be >= 0")
     if tc.dtype == "float16" and not tc.device.startswith("cuda") and not (
         tc.device == "auto" and torch.cuda.is_available()
     ):
@@ -539,14 +560,22 @@ def write_json_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def forward_backward(run_model, windows, ctx, scaler, accumulation_steps):
+def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teacher=None, tc=None, terms=None):
     """Gradients of one optimizer step, accumulated over micro-batches; returns the mean
-    loss (a tensor: reading it is the caller's choice, since on CUDA that syncs)."""
+    loss (a tensor: reading it is the caller's choice, since on CUDA that syncs). With a
+    teacher (distill.OnlineTeacher or CachedTeacher) the loss is tc.kd_alpha * KD +
+    (1 - tc.kd_alpha) * the model's loss, and terms (a dict) receives the mean KD and CE."""
     loss_sum = 0.0
     for _ in range(accumulation_steps):
         x, y = windows.next()
         with ctx:
-            _, loss = run_model(x, y)
+            logits, loss = run_model(x, y)
+            if teacher is not None:
+                kd = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), tc)
+                if terms is not None:
+                    terms["kd"] = terms.get("kd", 0.0) + kd.detach() / accumulation_steps
+                    terms["ce"] = terms.get("ce", 0.0) + loss.detach() / accumulation_steps
+                loss = tc.kd_alpha * kd + (1.0 - tc.kd_alpha) * loss
         loss_sum += loss.detach()
         # each micro-batch's loss is a mean over its tokens; dividing by the number of
         # micro-batches makes the summed gradient the mean over all of them, i.e. the
@@ -623,7 +652,19 @@ def train(tc, mc, pc=None):
     # fp16's range is too narrow for small gradients: scale the loss up, unscale before the step
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     optimizer = make_optimizer(model, tc)
-    windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
+    # distillation: an online teacher, or a cache whose windows the batches must follow
+    teacher = None
+    try:
+        if tc.soft_labels:
+            teacher = distill.CachedTeacher(tc.soft_labels, meta, mc.block_size, tc.kd_top_k or None)
+        elif tc.teacher:
+            teacher = distill.OnlineTeacher(distill.load_teacher(tc.teacher, meta, device)[0])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if isinstance(teacher, distill.CachedTeacher):
+        windows = distill.AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
+    else:
+        windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
 
     iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     if tc.init_from == "resume":
@@ -719,7 +760,9 @@ def train(tc, mc, pc=None):
         lr = get_lr(iter_num, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_value = forward_backward(run_model, windows, ctx, scaler, tc.gradient_accumulation_steps).item()
+        terms = {}
+        loss_value = forward_backward(run_model, windows, ctx, scaler, tc.gradient_accumulation_steps,
+                                      teacher, tc, terms).item()
         if not math.isfinite(loss_value):
             bar.close()
             metrics.close()
@@ -737,6 +780,7 @@ def train(tc, mc, pc=None):
             tok_s = tokens_per_iter * steps_since_log / max(now - t_last, 1e-9)
             t_last, steps_since_log = now, 0
             row = {"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)}
+            row.update({k: v.item() for k, v in terms.items()})  # distillation: the KD and CE terms
             postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             if moe_layers:
                 # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1

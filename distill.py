@@ -1,0 +1,270 @@
+"""
+Knowledge distillation (Hinton et al. 2015): a small student learns from a larger
+teacher's whole next-token distribution ("soft labels"), not only from the one token that
+came next.
+
+    python train.py configs/distill_teacher.py                                # 1. the teacher
+    python distill.py cache --teacher=out-distill/teacher --k=32              # 2. its top-k logits, once
+    python train.py configs/distill_student.py --kd_alpha=0.9 --kd_temperature=2 \\
+        --soft_labels=out-distill/teacher/soft_labels                          # 3a. student, from the cache
+    python train.py configs/distill_student.py --kd_alpha=0.9 --teacher=out-distill/teacher   # 3b. online teacher
+    python train.py configs/distill_student.py --init_from=out-distill/student --kd_alpha=0 ...  # 4. hard labels only
+
+The training objective (train.py): kd_alpha * KD + (1 - kd_alpha) * cross-entropy on the
+hard labels; kd_alpha = 0 is plain training. KD losses, all per token, in fp32:
+  forward_kl  T^2 KL(p_t || p_s)           Hinton's; p = softmax(logits / T)
+  reverse_kl  T^2 KL(p_s || p_t)           mode-seeking (MiniLLM, Gu et al. 2024)
+  jsd         T^2 (beta KL(p_t || m) + (1 - beta) KL(p_s || m)),  m = beta p_t + (1 - beta) p_s
+              (the generalised JSD of GKD, Agarwal et al. 2024)
+Why T^2: the gradient of KL(p_t || p_s) with respect to the student's logits s is
+(p_s - p_t) / T, and p_s - p_t itself shrinks like 1/T for large T (Hinton, section 2.1),
+so the soft term's gradients scale as 1/T^2; multiplying by T^2 keeps their size, and so
+the balance with the hard-label term, independent of T. Forward KL's gradient per token is
+then exactly T (p_s - p_t) (tested).
+
+The soft-label cache (`distill.py cache`) runs the teacher once over the training split,
+in consecutive windows of block_size tokens, and keeps each position's k largest logits
+(fp16) and their token ids. The logits are stored before any temperature, so one cache
+serves every T. A student trained from the cache samples whole cached windows
+(AlignedWindows), so the context the teacher saw at a position is exactly the context the
+student sees there. The tail the top-k leaves out is dropped and the teacher's
+distribution renormalised over its k tokens (for forward KL the student's log-probabilities
+at those k tokens are its full-vocabulary ones, so mass it puts elsewhere is still
+penalised; reverse KL and JSD renormalise the student over the k as well, since they need
+a shared support). With k = vocab the cached loss equals the online one (tested).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model import GPT, GPTConfig
+
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+# ----------------------------------------------------------------------------------------
+# the losses
+
+
+def _divergence(log_p_t, log_q_s, kind, beta):
+    """Per-position divergence between teacher (log_p_t) and student (log_q_s) log-probs
+    on the same support (..., K) -> (...)."""
+    p_t, q_s = log_p_t.exp(), log_q_s.exp()
+    if kind == "forward_kl":
+        return torch.sum(p_t * (log_p_t - log_q_s), dim=-1)
+    if kind == "reverse_kl":
+        return torch.sum(q_s * (log_q_s - log_p_t), dim=-1)
+    if kind == "jsd":
+        # log m = log(beta p_t + (1 - beta) q_s), computed from the logs for stability
+        log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_q_s + math.log1p(-beta)]), dim=0)
+        return beta * torch.sum(p_t * (log_p_t - log_m), -1) + (1 - beta) * torch.sum(q_s * (log_q_s - log_m), -1)
+    raise ValueError(f"kd_loss='{kind}': use one of {', '.join(KD_KINDS)}")
+
+
+def _masked_mean(per_position, mask):
+    if mask is None:
+        return per_position.mean()
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def kd_loss(student_logits, teacher_logits, temperature=1.0, kind="forward_kl", beta=0.5, mask=None):
+    """KD loss between full logits (..., V), averaged over positions where mask is True
+    (all if None), times T^2. Computed in fp32 whatever the logits' dtype."""
+    T = temperature
+    with torch.autocast(student_logits.device.type, enabled=False):
+        log_q_s = F.log_softmax(student_logits.float() / T, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.float() / T, dim=-1)
+        return _masked_mean(_divergence(log_p_t, log_q_s, kind, beta), mask) * T * T
+
+
+def kd_loss_topk(student_logits, top_values, top_indices, temperature=1.0, kind="forward_kl", beta=0.5, mask=None):
+    """KD loss against a teacher known only by its top-k logits (values (..., k), token ids
+    (..., k)): the teacher's distribution is renormalised over its k tokens (the tail is
+    dropped). Forward KL uses the student's full-vocabulary log-probs at those tokens;
+    reverse KL and JSD renormalise the student over the same k tokens."""
+    T = temperature
+    with torch.autocast(student_logits.device.type, enabled=False):
+        log_q_full = F.log_softmax(student_logits.float() / T, dim=-1)
+        log_q_s = log_q_full.gather(-1, top_indices.long())  # (..., k)
+        if kind != "forward_kl":
+            log_q_s = log_q_s - torch.logsumexp(log_q_s, dim=-1, keepdim=True)
+        log_p_t = F.log_softmax(top_values.float() / T, dim=-1)
+        return _masked_mean(_divergence(log_p_t, log_q_s, kind, beta), mask) * T * T
+
+
+# ----------------------------------------------------------------------------------------
+# teachers: online, or a soft-label cache
+
+
+def check_same_tokenizer(teacher_meta, data_meta, where):
+    """A teacher must speak the student data's vocabulary: compare the tokenizers."""
+    keys = ["tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"]
+    if any(teacher_meta.get(k) != data_meta.get(k) for k in keys):
+        raise ValueError(
+            f"the teacher in {where} uses another vocabulary than the student's data: teacher "
+            f"{teacher_meta.get('tokenizer')} tokenizer with vocab_size={teacher_meta.get('vocab_size')}, data "
+            f"{data_meta.get('tokenizer')} tokenizer with vocab_size={data_meta.get('vocab_size')}; distill only "
+            f"between models of one tokenizer"
+        )
+
+
+def load_teacher(run_dir, data_meta, device="cpu"):
+    """The teacher of run_dir/ckpt.pt: frozen (no parameter requires grad), in eval mode
+    (no dropout). A teacher trained with another tokenizer is a ValueError."""
+    path = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"teacher: no checkpoint at {path} (train the teacher first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "peft_base" in ckpt:
+        raise ValueError(f"teacher {run_dir} is a PEFT run; export it first: python export.py --out_dir={run_dir} --to=DIR")
+    check_same_tokenizer(ckpt["meta"], data_meta, run_dir)
+    with torch.random.fork_rng(devices=[]):  # building it draws init weights: leave the student's RNG as it was
+        model = GPT(GPTConfig(**{**ckpt["model_config"], "dropout": 0.0}))
+    model.load_state_dict(ckpt["model"])
+    model.requires_grad_(False)
+    return model.eval().to(device), ckpt
+
+
+class OnlineTeacher:
+    """Runs the teacher on each student batch (under the student's autocast)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def loss(self, student_logits, x, y, starts, cfg):
+        with torch.no_grad():  # the teacher's forward only: the KD loss itself must reach the student
+            teacher_logits, _ = self.model(x)
+        return kd_loss(student_logits, teacher_logits, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1)
+
+
+class CachedTeacher:
+    """Reads a soft-label cache: the teacher's top-k logits at every position of the
+    training split's consecutive block_size windows."""
+
+    def __init__(self, folder, data_meta, block_size, k=None):
+        meta_path = os.path.join(folder, "meta.json")
+        if not os.path.exists(meta_path):
+            raise ValueError(f"soft_labels: no cache at {folder} (make one: python distill.py cache --teacher=DIR)")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        check_same_tokenizer(self.meta["data_meta"], data_meta, f"the cache {folder}")
+        if self.meta["block_size"] != block_size:
+            raise ValueError(f"the cache {folder} holds windows of {self.meta['block_size']} tokens; train the student "
+                             f"with block_size={self.meta['block_size']} (it has {block_size}) so contexts line up")
+        n, kc = self.meta["positions"], self.meta["k"]
+        self.k = kc if k is None else k
+        if not 1 <= self.k <= kc:
+            raise ValueError(f"kd_top_k={self.k}: the cache {folder} holds the top {kc} logits per position")
+        self.values = np.memmap(os.path.join(folder, "values.f16"), dtype=np.float16, mode="r", shape=(n, kc))
+        self.indices = np.memmap(os.path.join(folder, "indices.i32"), dtype=np.int32, mode="r", shape=(n, kc))
+        self.n_windows = n // block_size
+        self.block_size = block_size
+
+    def lookup(self, starts, device):
+        """Top-k (values, ids) at the positions of the windows beginning at `starts`:
+        (B, T, k) each. The cache is sorted by value, so its first k are the top k."""
+        rows = starts[:, None] + np.arange(self.block_size)  # (B, T) positions in the split
+        v = torch.from_numpy(self.values[rows][..., : self.k].astype(np.float32)).to(device)
+        i = torch.from_numpy(self.indices[rows][..., : self.k].astype(np.int64)).to(device)
+        return v, i
+
+    def loss(self, student_logits, x, y, starts, cfg):
+        v, i = self.lookup(starts, student_logits.device)
+        return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1)
+
+
+class AlignedWindows:
+    """Batches of whole cached windows: window w is tokens [w*T, (w+1)*T] of the split, the
+    same context the teacher saw when the cache was made. Same interface as train.RandomWindows,
+    plus last_starts (the batch's window starts, for the cache lookup)."""
+
+    def __init__(self, data, batch_size, block_size, device, seed, n_windows):
+        self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
+        self.n_windows = n_windows
+        self.generator = torch.Generator().manual_seed(seed)
+        self.offsets = np.arange(block_size + 1)
+        self.last_starts = None
+
+    def next(self):
+        w = torch.randint(self.n_windows, (self.batch_size,), generator=self.generator).numpy()
+        self.last_starts = w * self.block_size
+        rows = self.data[self.last_starts[:, None] + self.offsets]  # (B, T + 1)
+        buf = torch.from_numpy(rows.astype(np.int64))
+        if self.device != "cpu":
+            buf = buf.pin_memory().to(self.device, non_blocking=True)
+        return buf[:, :-1], buf[:, 1:]
+
+
+@torch.no_grad()
+def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device="cpu", dtype=torch.float32,
+                teacher_sha256=None):
+    """Run the teacher over `data` in consecutive windows of its block_size and write its
+    top-k logits per position to out_dir (values.f16, indices.i32, meta.json last)."""
+    model, ckpt = load_teacher(teacher_dir, data_meta, device)
+    T, V = model.config.block_size, model.config.vocab_size
+    k = min(k, V)
+    n_windows = (len(data) - 1) // T
+    n = n_windows * T
+    os.makedirs(out_dir, exist_ok=True)
+    vals = np.memmap(os.path.join(out_dir, "values.f16"), dtype=np.float16, mode="w+", shape=(n, k))
+    idxs = np.memmap(os.path.join(out_dir, "indices.i32"), dtype=np.int32, mode="w+", shape=(n, k))
+    ctx = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    for w0 in range(0, n_windows, batch_size):
+        w = np.arange(w0, min(w0 + batch_size, n_windows))
+        x = torch.from_numpy(data[(w * T)[:, None] + np.arange(T)].astype(np.int64)).to(device)
+        with ctx:
+            logits, _ = model(x)  # (b, T, V)
+        top_v, top_i = logits.float().topk(k, dim=-1)  # sorted, largest first
+        rows = slice(w0 * T, (w0 + len(w)) * T)
+        vals[rows] = top_v.reshape(-1, k).cpu().numpy().astype(np.float16)
+        idxs[rows] = top_i.reshape(-1, k).cpu().numpy().astype(np.int32)
+    vals.flush()
+    idxs.flush()
+    meta = {"teacher": os.path.abspath(teacher_dir), "teacher_sha256": teacher_sha256,
+            "k": k, "block_size": T, "positions": n, "windows": n_windows, "data_meta": data_meta,
+            "note": "raw logits (before temperature), top-k sorted descending, window w = positions [w*T, (w+1)*T)"}
+    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    return meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="distillation steps that are not plain training")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cache", help="run the teacher once over a training split; keep its top-k logits")
+    c.add_argument("--teacher", required=True, help="the teacher's run folder")
+    c.add_argument("--dataset", default=None, help="default: the teacher's own dataset")
+    c.add_argument("--k", type=int, default=32, help="logits kept per position (the vocabulary size keeps all)")
+    c.add_argument("--out", default=None, help="default: <teacher>/soft_labels")
+    c.add_argument("--batch_size", type=int, default=32)
+    args = p.parse_args(argv)
+    import train
+
+    try:
+        ckpt = train.read_checkpoint(os.path.join(args.teacher, "ckpt.pt"), why="distill.py cache")
+        dataset = args.dataset or ckpt["config"]["dataset"]
+        data, _, meta = train.load_dataset(dataset)
+        out = args.out or os.path.join(args.teacher, "soft_labels")
+        if args.k < 1:
+            raise train.UserError(f"--k={args.k} must be >= 1")
+        m = build_cache(args.teacher, data, meta, out, args.k, args.batch_size,
+                        teacher_sha256=train.file_sha256(os.path.join(args.teacher, "ckpt.pt")))
+    except (ValueError, train.UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    size = os.path.getsize(os.path.join(out, "values.f16")) + os.path.getsize(os.path.join(out, "indices.i32"))
+    print(f"wrote {out}: top-{m['k']} logits at {m['positions']:,} positions ({m['windows']:,} windows of "
+          f"{m['block_size']}), {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""distill.py: KD losses are 0 for student = teacher and equal their definitions; forward
+KL's gradient is T (p_s - p_t) / N; kd_alpha = 0 with a teacher trains exactly as plain
+training; the top-k cache with k = vocab equals online KD, and with small k follows its
+documented tail handling; cached logits line up with the student's batches; a vocabulary
+mismatch is a clear error; the teacher gets no gradients and stays unchanged."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import distill
+import train
+from conftest import TINY
+from distill import kd_loss, kd_loss_topk
+
+
+def logits_pair(seed=0, shape=(3, 5, 11)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * 2, torch.randn(shape, generator=g) * 2
+
+
+def reference(s, t, T, kind, beta=0.5):
+    """The definitions, written out with probabilities."""
+    p = torch.softmax(t.double() / T, -1)
+    q = torch.softmax(s.double() / T, -1)
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    if kind == "forward_kl":
+        d = kl(p, q)
+    elif kind == "reverse_kl":
+        d = kl(q, p)
+    else:
+        m = beta * p + (1 - beta) * q
+        d = beta * kl(p, m) + (1 - beta) * kl(q, m)
+    return d.mean() * T * T
+
+
+@pytest.mark.parametrize("kind", distill.KD_KINDS)
+def test_kd_loss_is_zero_for_student_equal_teacher_and_matches_the_definition(kind):
+    s, t = logits_pair()
+    assert kd_loss(t, t, 2.0, kind).item() == pytest.approx(0.0, abs=1e-6)
+    for T in (1.0, 2.0, 4.0):
+        got = kd_loss(s, t, T, kind, beta=0.3)
+        torch.testing.assert_close(got.double(), reference(s, t, T, kind, 0.3), rtol=1e-5, atol=1e-6)
+    # the mask drops positions from the mean
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[:, 2:] = False
+    torch.testing.assert_close(kd_loss(s, t, 1.0, kind, mask=mask).double(),
+                               reference(s[:, :2], t[:, :2], 1.0, kind), rtol=1e-5, atol=1e-6)
+
+
+def test_forward_kl_gradient_is_T_times_p_s_minus_p_t_over_N():
+    s, t = logits_pair(1)
+    s.requires_grad_(True)
+    T = 3.0
+    kd_loss(s, t, T, "forward_kl").backward()
+    N = s.shape[0] * s.shape[1]
+    expected = T * (torch.softmax(s.detach() / T, -1) - torch.softmax(t / T, -1)) / N
+    torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", distill.KD_KINDS)
+def test_topk_with_the_whole_vocabulary_equals_full_kd_and_small_k_renormalises(kind):
+    s, t = logits_pair(2)
+    v, i = t.topk(t.shape[-1], dim=-1)
+    torch.testing.assert_close(kd_loss_topk(s, v, i, 2.0, kind), kd_loss(s, t, 2.0, kind), rtol=1e-5, atol=1e-6)
+    # k = 3: the teacher renormalised over its top 3; forward KL against the student's full log-probs there
+    v, i = t.topk(3, dim=-1)
+    p = torch.softmax(v / 2.0, -1)
+    log_q = torch.log_softmax(s / 2.0, -1).gather(-1, i)
+    if kind == "forward_kl":
+        expected = (p * (p.log() - log_q)).sum(-1).mean() * 4
+        torch.testing.assert_close(kd_loss_topk(s, v, i, 2.0, kind), expected, rtol=1e-5, atol=1e-6)
+    else:  # both renormalised over the same 3 tokens: equal to full KD on 3-token distributions
+        sub = kd_loss(log_q * 2.0, v, 2.0, kind)  # log_softmax(log_q) = log_q renormalised
+        torch.testing.assert_close(kd_loss_topk(s, v, i, 2.0, kind), sub, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# through train.py
+
+
+def run(args, out_dir, dataset):
+    tc, mc, pc = train.load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}", "--eval_iters=2"] + args)
+    return train.train(tc, mc, pc)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(char_dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("distill") / "teacher")
+    run(["--max_iters=20", "--eval_interval=20", "--learning_rate=3e-3", "--n_embd=48"], out, char_dataset)
+    return out
+
+
+def test_kd_alpha_zero_with_a_teacher_trains_exactly_like_plain_training(teacher_run, char_dataset, tmp_path):
+    args = ["--max_iters=5", "--eval_interval=5", "--log_interval=1", "--dropout=0.1"]
+    run(args, str(tmp_path / "plain"), char_dataset)
+    run(args + [f"--teacher={teacher_run}", "--kd_alpha=0"], str(tmp_path / "kd0"), char_dataset)
+    a = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "kd0" / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [r for r in train_rows(tmp_path / "kd0")]
+    assert all("kd" in r and r["kd"] > 0 and r["ce"] == r["loss"] for r in rows)  # logged, weighted 0
+
+
+def train_rows(out):
+    import json
+
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if '"loss"' in line]
+
+
+def test_teacher_gets_no_gradients_and_stays_unchanged(teacher_run, char_dataset, tmp_path):
+    before = torch.load(os.path.join(teacher_run, "ckpt.pt"), weights_only=True)["model"]
+    _, _, meta = train.load_dataset(char_dataset)
+    teacher, _ = distill.load_teacher(teacher_run, meta)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    run(["--max_iters=4", "--eval_interval=4", f"--teacher={teacher_run}", "--kd_alpha=0.9", "--kd_temperature=2"],
+        str(tmp_path / "student"), char_dataset)
+    after = torch.load(os.path.join(teacher_run, "ckpt.pt"), weights_only=True)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    rows = train_rows(tmp_path / "student")
+    assert all(abs(r["loss"] - (0.9 * r["kd"] + 0.1 * r["ce"])) < 1e-5 for r in rows)
+
+
+def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_dataset, tmp_path):
+    data, _, meta = train.load_dataset(char_dataset)
+    cache_dir = str(tmp_path / "cache")
+    m = distill.build_cache(teacher_run, data, meta, cache_dir, k=meta["vocab_size"], batch_size=7)
+    teacher, _ = distill.load_teacher(teacher_run, meta)
+    cache = distill.CachedTeacher(cache_dir, meta, m["block_size"])
+    windows = distill.AlignedWindows(data, 4, m["block_size"], "cpu", 0, cache.n_windows)
+    x, y = windows.next()
+    v, i = cache.lookup(windows.last_starts, "cpu")
+    with torch.no_grad():
+        logits, _ = teacher(x)
+    ref_v, ref_i = logits.topk(v.shape[-1], dim=-1)
+    torch.testing.assert_close(v, ref_v.half().float(), rtol=0, atol=0)  # the fp16 values of these very positions
+    assert torch.equal(x[:, 1:], y[:, :-1]) and int(windows.last_starts[0]) % m["block_size"] == 0
+    # with k = vocab, the cached KD equals the online KD on the same batch, up to fp16 rounding
+    s = torch.randn_like(logits)
+    torch.testing.assert_close(kd_loss_topk(s, v, i, 2.0), kd_loss(s, logits, 2.0), rtol=2e-3, atol=2e-4)
+    # a student trains from it, with a small k
+    row = run([f"--soft_labels={cache_dir}", "--kd_alpha=0.5", "--kd_top_k=8", "--max_iters=3", "--eval_interval=3"],
+              str(tmp_path / "student"), char_dataset)
+    assert np.isfinite(row["val_loss"])
+    with pytest.raises(train.UserError, match="holds windows of 16 tokens; train the student with block_size=16"):
+        run([f"--soft_labels={cache_dir}", "--kd_alpha=0.5", "--block_size=8", "--max_iters=1"],
+            str(tmp_path / "bad"), char_dataset)
+
+
+def test_vocabulary_mismatch_is_a_clear_error(teacher_run, tmp_path):
+    from tokenizer import prepare_dataset
+
+    other = str(tmp_path / "other")
+    prepare_dataset("abc def ghi\n" * 500, other, tokenizer="char", verbose=False)
+    with pytest.raises(train.UserError, match=r"another vocabulary than the student's data: teacher char tokenizer "
+                                              r"with vocab_size=\d+, data char tokenizer with vocab_size=11"):
+        run([f"--teacher={teacher_run}", "--kd_alpha=0.5", "--max_iters=1"], str(tmp_path / "s"), other)
+
+
+def test_kd_config_errors():
+    with pytest.raises(train.UserError, match="kd_alpha=0.5 needs soft labels"):
+        train.load_config(["--kd_alpha=0.5"])
+    with pytest.raises(train.UserError, match="give one"):
+        train.load_config(["--kd_alpha=0.5", "--teacher=a", "--soft_labels=b"])
+    with pytest.raises(train.UserError, match=r"kd_alpha=1.5 must be in \[0, 1\]"):
+        train.load_config(["--kd_alpha=1.5", "--teacher=a"])
+
+
+@pytest.mark.parametrize("source", ["online", "cache"])
+def test_the_kd_term_reaches_the_students_gradients(teacher_run, char_dataset, tmp_path, source):
+    """With kd_alpha = 1 the step's gradient is the gradient of kd_loss against the teacher's
+    logits, computed here directly (a KD term computed under no_grad would give zeros)."""
+    from model import GPT, GPTConfig
+
+    data, _, meta = train.load_dataset(char_dataset)
+    tc = train.load_config(["--kd_alpha=1", f"--teacher={teacher_run}", "--kd_temperature=2"])[0]
+    teacher_model, _ = distill.load_teacher(teacher_run, meta)
+    if source == "online":
+        teacher = distill.OnlineTeacher(teacher_model)
+        windows = train.RandomWindows(data, 4, 16, "cpu", 0)
+    else:
+        distill.build_cache(teacher_run, data, meta, str(tmp_path / "c"), k=meta["vocab_size"])
+        teacher = distill.CachedTeacher(str(tmp_path / "c"), meta, 16)
+        windows = distill.AlignedWindows(data, 4, 16, "cpu", 0, teacher.n_windows)
+    torch.manual_seed(0)
+    student = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=meta["vocab_size"]))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train.forward_backward(student, windows, torch.autocast("cpu", enabled=False), scaler, 1, teacher, tc)
+    got = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    windows.generator.manual_seed(0)
+    x, y = windows.next()
+    with torch.no_grad():
+        t_logits, _ = teacher_model(x)
+    kd_loss(student(x)[0], t_logits, 2.0).backward()
+    for n, p in student.named_parameters():
+        assert got[n].abs().sum() > 0, n
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-3, atol=1e-5)  # cache: fp16 logits
