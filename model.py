@@ -294,8 +294,12 @@ class GPT(nn.Module):
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
             )
         if auxes:
-            # for logging only, replaced by every forward: the losses travel in the return value
-            self.moe_stats = moe_statistics(auxes, loss)
+            # for logging only, replaced by every forward (the losses travel in the return value);
+            # kept as tensors, since reading them would sync a GPU on every forward
+            self.moe_stats = {k: torch.stack([a[k] for a in auxes]) for k in ("aux_loss", "z_loss", "dropped",
+                                                                             "entropy", "load")}
+            if loss is not None:
+                self.moe_stats["ce"] = loss.detach()
             if loss is not None and self.training:
                 loss = loss + sum(a["loss"] for a in auxes)
         return logits, loss
@@ -341,12 +345,12 @@ class GPT(nn.Module):
         return idx
 
 
-def moe_statistics(auxes, ce=None):
-    """Detached routing statistics over a forward's MoE layers: the unweighted balancing and
-    z losses and the dropped fraction (means over layers), and each layer's expert load."""
-    mean = lambda key: torch.stack([a[key] for a in auxes]).mean().item()  # noqa: E731
-    stats = {"aux_loss": mean("aux_loss"), "z_loss": mean("z_loss"), "dropped": mean("dropped"),
-             "entropy": mean("entropy"), "load": [a["load"].tolist() for a in auxes]}
-    if ce is not None:
-        stats["ce"] = ce.item()
-    return stats
+def moe_statistics(stats):
+    """GPT.moe_stats as plain numbers: the unweighted balancing and z losses, the dropped
+    fraction and the router entropy (means over MoE layers), each layer's expert load, and
+    the cross-entropy without the aux losses."""
+    out = {k: stats[k].mean().item() for k in ("aux_loss", "z_loss", "dropped", "entropy")}
+    out["load"] = stats["load"].tolist()
+    if "ce" in stats:
+        out["ce"] = stats["ce"].item()
+    return out

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 import distill
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, moe_statistics
 from peft import PEFTConfig, apply_peft, load_peft_state_dict, peft_state_dict, trainable_summary
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -784,7 +784,7 @@ def train(tc, mc, pc=None):
             postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             if moe_layers:
                 # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
-                stats = model.moe_stats
+                stats = moe_statistics(model.moe_stats)
                 row.update(ce=stats["ce"], aux_loss=stats["aux_loss"], z_loss=stats["z_loss"],
                            dropped=stats["dropped"], load=stats["load"])
                 flat = [f for layer in stats["load"] for f in layer]

@@ -191,12 +191,14 @@ def test_gpt_adds_the_weighted_aux_losses_in_training_only():
     assert [b.is_moe for b in model.transformer.h] == [False, True]
     x = torch.randint(0, 50, (3, 16))
     loss_train = model(x, x)[1]
-    stats = model.moe_stats
+    from model import moe_statistics
+
+    stats = moe_statistics(model.moe_stats)
     moe = model.moe_layers()[0]
     expected = stats["ce"] + moe.aux_loss_coef * stats["aux_loss"] + moe.z_loss_coef * stats["z_loss"]
     assert loss_train.item() == pytest.approx(expected, rel=1e-6)
     model.eval()
-    assert model(x, x)[1].item() == pytest.approx(model.moe_stats["ce"], rel=1e-7)
+    assert model(x, x)[1].item() == pytest.approx(moe_statistics(model.moe_stats)["ce"], rel=1e-7)
     # active parameters: the dense block's MLP plus 1 of the 4 experts of the MoE block
     expert = sum(p.numel() for p in (moe.w_fc, moe.w_proj))
     assert model.get_num_params() - model.get_num_params(active=True) == expert * 3 // 4
