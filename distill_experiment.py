@@ -4,7 +4,7 @@ The distillation experiment as one table and one plot: a 1.8M-parameter teacher,
 with an online teacher at several temperatures and weights, from the teacher's soft-label
 cache at several k, and KD followed by a hard-label fine-tune.
 
-    python distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
+    python distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~18 min on 2 CPU cores
     python distill_experiment.py --rows hard,online-T2-a0.5     # some rows only (finished runs are reused)
     python distill_experiment.py --fresh                        # delete out-distill/ first
 
