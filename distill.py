@@ -45,6 +45,7 @@ import torch
 from torch.nn import functional as F
 
 from model import GPT, GPTConfig
+from tokenizer import same_tokenizer
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
@@ -106,8 +107,7 @@ def kd_loss_topk(student_logits, top_values, top_indices, temperature=1.0, kind=
 
 def check_same_tokenizer(teacher_meta, data_meta, where):
     """A teacher must speak the student data's vocabulary: compare the tokenizers."""
-    keys = ["tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"]
-    if any(teacher_meta.get(k) != data_meta.get(k) for k in keys):
+    if not same_tokenizer(teacher_meta, data_meta):
         raise ValueError(
             f"the teacher in {where} uses another vocabulary than the student's data: teacher "
             f"{teacher_meta.get('tokenizer')} tokenizer with vocab_size={teacher_meta.get('vocab_size')}, data "

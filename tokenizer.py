@@ -394,6 +394,16 @@ def tokenizer_from_meta(meta):
     return tok
 
 
+# the meta.json fields that define a tokenizer: equal fields, equal token ids
+TOKENIZER_META_KEYS = ["tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"]
+
+
+def same_tokenizer(meta_a, meta_b):
+    """True if two meta.json dicts describe the same tokenizer (a model trained on one can
+    read data made with the other)."""
+    return all(meta_a.get(k) == meta_b.get(k) for k in TOKENIZER_META_KEYS)
+
+
 def load_meta(data_dir):
     """Read data_dir/meta.json into a dict."""
     path = os.path.join(data_dir, "meta.json")

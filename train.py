@@ -52,6 +52,7 @@ import torch
 import distill
 from model import GPT, GPTConfig, moe_statistics
 from peft import PEFTConfig, apply_peft, load_peft_state_dict, peft_state_dict, trainable_summary
+from tokenizer import same_tokenizer
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -516,13 +517,6 @@ def restore_model(ckpt, why, peft_config=None, **overrides):
         apply_peft(model, peft_config or PEFTConfig(**{k: ckpt["config"][k] for k in PEFT_KEYS}))
         load_peft_state_dict(model, ckpt["model"])
     return model
-
-
-TOKENIZER_META_KEYS = ["tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"]
-
-
-def same_tokenizer(meta_a, meta_b):
-    return all(meta_a.get(k) == meta_b.get(k) for k in TOKENIZER_META_KEYS)
 
 
 def rng_state(windows):
