@@ -5,9 +5,9 @@ came next.
 
     python train.py configs/distill_teacher.py                                # 1. the teacher
     python distill.py cache --teacher=out-distill/teacher --k=32              # 2. its top-k logits, once
-    python train.py configs/distill_student.py --kd_alpha=0.9 --kd_temperature=2 \\
+    python train.py configs/distill_student.py --kd_alpha=0.5 --kd_temperature=2 \
         --soft_labels=out-distill/teacher/soft_labels                          # 3a. student, from the cache
-    python train.py configs/distill_student.py --kd_alpha=0.9 --teacher=out-distill/teacher   # 3b. online teacher
+    python train.py configs/distill_student.py --kd_alpha=0.5 --teacher=out-distill/teacher   # 3b. online teacher
     python train.py configs/distill_student.py --init_from=out-distill/student --kd_alpha=0 ...  # 4. hard labels only
 
 The training objective (train.py): kd_alpha * KD + (1 - kd_alpha) * cross-entropy on the
@@ -25,13 +25,23 @@ then exactly T (p_s - p_t) (tested).
 The soft-label cache (`distill.py cache`) runs the teacher once over the training split,
 in consecutive windows of block_size tokens, and keeps each position's k largest logits
 (fp16) and their token ids. The logits are stored before any temperature, so one cache
-serves every T. A student trained from the cache samples whole cached windows
+serves several T (the bucket below: those it was made for). A student trained from the cache samples whole cached windows
 (AlignedWindows), so the context the teacher saw at a position is exactly the context the
-student sees there. The tail the top-k leaves out is dropped and the teacher's
-distribution renormalised over its k tokens (for forward KL the student's log-probabilities
-at those k tokens are its full-vocabulary ones, so mass it puts elsewhere is still
-penalised; reverse KL and JSD renormalise the student over the k as well, since they need
-a shared support). With k = vocab the cached loss equals the online one (tested).
+student sees there.
+
+The tail, the V - k logits a top-k cache leaves out, is handled one of two ways (kd_tail):
+  bucket  (default) the tail becomes one more outcome, "any other token". The cache stores
+          its mass exactly: logsumexp(tail logits / T) per position, in fp32, for each T in
+          --tail_temperatures (the mass at one T cannot be computed from the mass at another
+          without the tail's logits, so the T's are chosen when caching; 1,2,4 by default).
+          Teacher and student are then compared as distributions over k + 1 outcomes; only
+          how each spreads mass inside the tail is lost. A tail of one token is exact.
+  renorm  the tail is dropped and the teacher renormalised over its k tokens. For forward KL
+          the student's log-probabilities at those k are its full-vocabulary ones, so the
+          student is pushed to move all its mass onto the teacher's top k: at small k and
+          T > 1 this is a confident, wrong target (measured in the README). Reverse KL and
+          JSD renormalise the student over the same k too, since they need one support.
+With k = vocab both equal the online loss (tested).
 """
 
 import argparse
@@ -86,18 +96,35 @@ def kd_loss(student_logits, teacher_logits, temperature=1.0, kind="forward_kl", 
         return _masked_mean(_divergence(log_p_t, log_q_s, kind, beta), mask) * T * T
 
 
-def kd_loss_topk(student_logits, top_values, top_indices, temperature=1.0, kind="forward_kl", beta=0.5, mask=None):
+def kd_loss_topk(student_logits, top_values, top_indices, temperature=1.0, kind="forward_kl", beta=0.5, mask=None,
+                 tail_logsumexp=None):
     """KD loss against a teacher known only by its top-k logits (values (..., k), token ids
-    (..., k)): the teacher's distribution is renormalised over its k tokens (the tail is
-    dropped). Forward KL uses the student's full-vocabulary log-probs at those tokens;
-    reverse KL and JSD renormalise the student over the same k tokens."""
+    (..., k)), with the tail the k leave out handled one of two ways:
+      tail_logsumexp given (..., ): the "other" bucket. It is logsumexp(teacher tail logits / T),
+        the teacher's tail mass before normalisation, so the teacher becomes a distribution
+        over k + 1 outcomes (its k tokens and "any other token"), exact at every outcome;
+        the student is the same k + 1 outcomes of its own full distribution (its k
+        probabilities there and the sum of all the rest). What is lost is only how each
+        distributes mass inside the tail.
+      None: renormalise. The teacher's tail is dropped and its k probabilities renormalised.
+        Forward KL uses the student's full-vocabulary log-probs at the k tokens (mass it puts
+        elsewhere is still penalised); reverse KL and JSD renormalise the student over the
+        same k, since they need a shared support.
+    With k = vocab both are exactly kd_loss."""
     T = temperature
     with torch.autocast(student_logits.device.type, enabled=False):
         log_q_full = F.log_softmax(student_logits.float() / T, dim=-1)
-        log_q_s = log_q_full.gather(-1, top_indices.long())  # (..., k)
-        if kind != "forward_kl":
+        idx = top_indices.long()
+        log_q_s = log_q_full.gather(-1, idx)  # (..., k)
+        t_scaled = top_values.float() / T
+        if tail_logsumexp is not None and idx.shape[-1] < log_q_full.shape[-1]:
+            # the bucket: log of the student's mass off the k tokens, summed from its own log-probs
+            log_q_tail = torch.logsumexp(log_q_full.scatter(-1, idx, float("-inf")), dim=-1, keepdim=True)
+            log_q_s = torch.cat([log_q_s, log_q_tail], dim=-1)  # (..., k + 1)
+            t_scaled = torch.cat([t_scaled, tail_logsumexp.float().unsqueeze(-1)], dim=-1)
+        elif kind != "forward_kl":
             log_q_s = log_q_s - torch.logsumexp(log_q_s, dim=-1, keepdim=True)
-        log_p_t = F.log_softmax(top_values.float() / T, dim=-1)
+        log_p_t = F.log_softmax(t_scaled, dim=-1)
         return _masked_mean(_divergence(log_p_t, log_q_s, kind, beta), mask) * T * T
 
 
@@ -147,9 +174,12 @@ class OnlineTeacher:
 
 class CachedTeacher:
     """Reads a soft-label cache: the teacher's top-k logits at every position of the
-    training split's consecutive block_size windows."""
+    training split's consecutive block_size windows, and (for the "other" bucket) the
+    logsumexp of the rest at the temperatures the cache was made for."""
 
-    def __init__(self, folder, data_meta, block_size, k=None):
+    TAILS = ("bucket", "renorm")
+
+    def __init__(self, folder, data_meta, block_size, k=None, tail="bucket", temperature=1.0):
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.exists(meta_path):
             raise ValueError(f"soft_labels: no cache at {folder} (make one: python distill.py cache --teacher=DIR)")
@@ -163,22 +193,47 @@ class CachedTeacher:
         self.k = kc if k is None else k
         if not 1 <= self.k <= kc:
             raise ValueError(f"kd_top_k={self.k}: the cache {folder} holds the top {kc} logits per position")
+        if tail not in self.TAILS:
+            raise ValueError(f"kd_tail='{tail}': use one of {', '.join(self.TAILS)}")
         self.values = np.memmap(os.path.join(folder, "values.f16"), dtype=np.float16, mode="r", shape=(n, kc))
         self.indices = np.memmap(os.path.join(folder, "indices.i32"), dtype=np.int32, mode="r", shape=(n, kc))
         self.n_windows = n // block_size
         self.block_size = block_size
+        self.temperature = temperature
+        # the bucket needs the mass of the logits past the k used: those cached past k (their
+        # logsumexp at T, from the values) and those never cached (tail.f32, stored per T)
+        self.bucket = tail == "bucket" and self.k < data_meta["vocab_size"]
+        self.tail_column = None
+        temps = self.meta.get("tail_temperatures", [])
+        if self.bucket and kc < data_meta["vocab_size"]:
+            matches = [j for j, t in enumerate(temps) if math.isclose(t, temperature)]
+            if not matches:
+                raise ValueError(
+                    f"kd_tail=bucket at kd_temperature={temperature:g}: the cache {folder} holds the tail's mass "
+                    f"for T in {temps or 'none'}; remake it with --tail_temperatures including {temperature:g}, "
+                    f"or set kd_tail=renorm")
+            self.tail_column = matches[0]
+            self.tails = np.memmap(os.path.join(folder, "tail.f32"), dtype=np.float32, mode="r",
+                                   shape=(n, len(temps)))
 
     def lookup(self, starts, device):
         """Top-k (values, ids) at the positions of the windows beginning at `starts`:
-        (B, T, k) each. The cache is sorted by value, so its first k are the top k."""
+        (B, T, k) each, and for the bucket the tail's logsumexp at the temperature (B, T),
+        else None. The cache is sorted by value, so its first k are the top k."""
         rows = starts[:, None] + np.arange(self.block_size)  # (B, T) positions in the split
-        v = torch.from_numpy(self.values[rows][..., : self.k].astype(np.float32)).to(device)
+        v_all = torch.from_numpy(self.values[rows].astype(np.float32))  # (B, T, kc)
         i = torch.from_numpy(self.indices[rows][..., : self.k].astype(np.int64)).to(device)
-        return v, i
+        tail = None
+        if self.bucket:
+            tail = torch.logsumexp(v_all[..., self.k:] / self.temperature, dim=-1)  # cached, past k (may be empty)
+            if self.tail_column is not None:  # never cached
+                tail = torch.logaddexp(tail, torch.from_numpy(self.tails[rows, self.tail_column].astype(np.float32)))
+            tail = tail.to(device)
+        return v_all[..., : self.k].to(device), i, tail
 
     def loss(self, student_logits, x, y, starts, cfg):
-        v, i = self.lookup(starts, student_logits.device)
-        return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1)
+        v, i, tail = self.lookup(starts, student_logits.device)
+        return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1, tail)
 
 
 class AlignedWindows:
@@ -205,32 +260,43 @@ class AlignedWindows:
 
 @torch.no_grad()
 def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device="cpu", dtype=torch.float32,
-                teacher_sha256=None):
-    """Run the teacher over `data` in consecutive windows of its block_size and write its
-    top-k logits per position to out_dir (values.f16, indices.i32, meta.json last)."""
+                teacher_sha256=None, tail_temperatures=(1.0, 2.0, 4.0)):
+    """Run the teacher over `data` in consecutive windows of its block_size and write, per
+    position, its top-k logits (values.f16, sorted, before temperature) and their ids
+    (indices.i32), the logsumexp of the other V - k logits / T for each T in
+    tail_temperatures (tail.f32, fp32; -inf when k = V), and meta.json last."""
     model, ckpt = load_teacher(teacher_dir, data_meta, device)
     T, V = model.config.block_size, model.config.vocab_size
     k = min(k, V)
     n_windows = (len(data) - 1) // T
     n = n_windows * T
+    temps = [float(t) for t in tail_temperatures]
     os.makedirs(out_dir, exist_ok=True)
     vals = np.memmap(os.path.join(out_dir, "values.f16"), dtype=np.float16, mode="w+", shape=(n, k))
     idxs = np.memmap(os.path.join(out_dir, "indices.i32"), dtype=np.int32, mode="w+", shape=(n, k))
+    tails = np.memmap(os.path.join(out_dir, "tail.f32"), dtype=np.float32, mode="w+", shape=(n, max(len(temps), 1)))
     ctx = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
     for w0 in range(0, n_windows, batch_size):
         w = np.arange(w0, min(w0 + batch_size, n_windows))
         x = torch.from_numpy(data[(w * T)[:, None] + np.arange(T)].astype(np.int64)).to(device)
         with ctx:
             logits, _ = model(x)  # (b, T, V)
-        top_v, top_i = logits.float().topk(k, dim=-1)  # sorted, largest first
+        logits = logits.float()
+        top_v, top_i = logits.topk(k, dim=-1)  # sorted, largest first
+        rest = logits.scatter(-1, top_i, float("-inf"))  # the tail: the V - k logits not kept
         rows = slice(w0 * T, (w0 + len(w)) * T)
         vals[rows] = top_v.reshape(-1, k).cpu().numpy().astype(np.float16)
         idxs[rows] = top_i.reshape(-1, k).cpu().numpy().astype(np.int32)
-    vals.flush()
-    idxs.flush()
+        if temps:
+            tail = torch.stack([torch.logsumexp(rest / t, dim=-1) for t in temps], dim=-1)  # (b, T, n_temps)
+            tails[rows] = tail.reshape(-1, len(temps)).cpu().numpy()
+    for m in (vals, idxs, tails):
+        m.flush()
     meta = {"teacher": os.path.abspath(teacher_dir), "teacher_sha256": teacher_sha256,
             "k": k, "block_size": T, "positions": n, "windows": n_windows, "data_meta": data_meta,
-            "note": "raw logits (before temperature), top-k sorted descending, window w = positions [w*T, (w+1)*T)"}
+            "tail_temperatures": temps,
+            "note": "values: raw logits (before temperature), top-k sorted descending; tail: logsumexp of the "
+                    "other logits / T per tail temperature; window w = positions [w*T, (w+1)*T)"}
     with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
     os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
@@ -245,6 +311,8 @@ def main(argv=None):
     c.add_argument("--dataset", default=None, help="default: the teacher's own dataset")
     c.add_argument("--k", type=int, default=32, help="logits kept per position (the vocabulary size keeps all)")
     c.add_argument("--out", default=None, help="default: <teacher>/soft_labels")
+    c.add_argument("--tail_temperatures", default="1,2,4",
+                   help="the T's at which to store the tail's mass, for kd_tail=bucket (comma-separated)")
     c.add_argument("--batch_size", type=int, default=32)
     args = p.parse_args(argv)
     import train
@@ -256,12 +324,19 @@ def main(argv=None):
         out = args.out or os.path.join(args.teacher, "soft_labels")
         if args.k < 1:
             raise train.UserError(f"--k={args.k} must be >= 1")
+        try:
+            temps = [float(t) for t in args.tail_temperatures.split(",") if t.strip()]
+        except ValueError:
+            raise train.UserError(f"--tail_temperatures={args.tail_temperatures}: give numbers, e.g. 1,2,4") from None
+        if any(t <= 0 for t in temps):
+            raise train.UserError(f"--tail_temperatures={args.tail_temperatures}: temperatures must be > 0")
         m = build_cache(args.teacher, data, meta, out, args.k, args.batch_size,
-                        teacher_sha256=train.file_sha256(os.path.join(args.teacher, "ckpt.pt")))
+                        teacher_sha256=train.file_sha256(os.path.join(args.teacher, "ckpt.pt")),
+                        tail_temperatures=temps)
     except (ValueError, train.UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    size = os.path.getsize(os.path.join(out, "values.f16")) + os.path.getsize(os.path.join(out, "indices.i32"))
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in ("values.f16", "indices.i32", "tail.f32"))
     print(f"wrote {out}: top-{m['k']} logits at {m['positions']:,} positions ({m['windows']:,} windows of "
           f"{m['block_size']}), {size / 2**20:.1f} MiB")
 

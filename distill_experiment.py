@@ -1,23 +1,26 @@
 """
 The distillation experiment as one table and one plot: a 1.8M-parameter teacher, and a
-0.23M-parameter student trained on the same data for the same steps with hard labels only,
+0.24M-parameter student trained on the same data for the same steps with hard labels only,
 with an online teacher at several temperatures and weights, from the teacher's soft-label
-cache at several k, and KD followed by a hard-label fine-tune.
+caches at several k with both tail handlings, and KD followed by a hard-label fine-tune.
 
-    python distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~18 min on 2 CPU cores
+    python distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~20 min on 2 CPU cores
+    python distill_experiment.py --rows seeds    # hard, online and cached k=32 at two more seeds (~8 min more)
     python distill_experiment.py --rows hard,online-T2-a0.5     # some rows only (finished runs are reused)
     python distill_experiment.py --fresh                        # delete out-distill/ first
 
 The pipeline, as commands (each row below is one of them):
   1. python train.py configs/distill_teacher.py                               -> out-distill/teacher
-  2. python distill.py cache --teacher=out-distill/teacher --k=65             -> out-distill/teacher/soft_labels
-  3. python train.py configs/distill_student.py --soft_labels=... --kd_alpha=0.5 --kd_temperature=2 --kd_top_k=32
+  2. python distill.py cache --teacher=out-distill/teacher --k=32             -> out-distill/teacher/soft_labels
+  3. python train.py configs/distill_student.py --soft_labels=... --kd_alpha=0.5 --kd_temperature=2
   4. python train.py configs/distill_student.py --init_from=<student of 3> --kd_alpha=0 --max_iters=300 ...
+(and a second cache with all 65 logits, --k=65, for the k = vocabulary row).
 
 Columns: val loss (50 fixed batches), parameters, the student's tokens/s, wall time, and the
 share of the teacher-student gap closed: (hard - row) / (hard - teacher).
 """
 
+import json
 import os
 import statistics
 import sys
@@ -27,40 +30,57 @@ from experiment import REPO, parse_args, pyplot, read_json, read_metrics, run_lo
 
 ROOT = os.path.join(REPO, "out-distill")
 TEACHER = os.path.join(ROOT, "teacher")
-CACHE = os.path.join(TEACHER, "soft_labels")
+CACHES = {32: os.path.join(TEACHER, "soft_labels"), 65: os.path.join(TEACHER, "soft_labels_all")}
 STUDENT = "configs/distill_student.py"
 ONLINE = f"--teacher={TEACHER}"
-CACHED = f"--soft_labels={CACHE}"
+KD = ["--kd_alpha=0.5", "--kd_temperature=2"]
+
+
+def cached(cache_k, k, tail="bucket"):
+    return [f"--soft_labels={CACHES[cache_k]}", *KD, f"--kd_top_k={k}", f"--kd_tail={tail}"]
+
 
 # row -> (config, train.py arguments)
 ROWS = {
     "teacher": ("configs/distill_teacher.py", []),
     "hard": (STUDENT, []),
     "online-T1-a0.5": (STUDENT, [ONLINE, "--kd_alpha=0.5", "--kd_temperature=1"]),
-    "online-T2-a0.5": (STUDENT, [ONLINE, "--kd_alpha=0.5", "--kd_temperature=2"]),
+    "online-T2-a0.5": (STUDENT, [ONLINE, *KD]),
     "online-T4-a0.5": (STUDENT, [ONLINE, "--kd_alpha=0.5", "--kd_temperature=4"]),
     "online-T2-a0.9": (STUDENT, [ONLINE, "--kd_alpha=0.9", "--kd_temperature=2"]),
-    "cache-k8-T2-a0.5": (STUDENT, [CACHED, "--kd_alpha=0.5", "--kd_temperature=2", "--kd_top_k=8"]),
-    "cache-k32-T2-a0.5": (STUDENT, [CACHED, "--kd_alpha=0.5", "--kd_temperature=2", "--kd_top_k=32"]),
-    "cache-k65-T2-a0.5": (STUDENT, [CACHED, "--kd_alpha=0.5", "--kd_temperature=2", "--kd_top_k=65"]),
+    # from the k = 32 cache: the tail as an "other" bucket (the default) or renormalised away
+    "cache-k8-T2-a0.5": (STUDENT, cached(32, 8)),
+    "cache-k8-renorm-T2-a0.5": (STUDENT, cached(32, 8, "renorm")),
+    "cache-k32-T2-a0.5": (STUDENT, cached(32, 32)),
+    "cache-k32-renorm-T2-a0.5": (STUDENT, cached(32, 32, "renorm")),
+    "cache-k65-T2-a0.5": (STUDENT, cached(65, 65)),  # every logit: no tail
     # 4.: the cached KD student, then 300 steps on hard labels only at a low rate
     "cache-k32+hard-ft": (STUDENT, [f"--init_from={os.path.join(ROOT, 'cache-k32-T2-a0.5')}", "--max_iters=300",
                                     "--learning_rate=3e-4", "--min_lr=3e-5", "--warmup_iters=0",
                                     "--eval_interval=100"]),
 }
+# the comparison cache vs online (and both vs hard labels) at more seeds; the default seed is 1337
+SEEDED = ("hard", "online-T2-a0.5", "cache-k32-T2-a0.5")
+SEEDS = (1, 2)
+for _row in SEEDED:
+    for _seed in SEEDS:
+        ROWS[f"{_row}@seed{_seed}"] = (ROWS[_row][0], ROWS[_row][1] + [f"--seed={_seed}"])
+GROUPS = {"default": [r for r in ROWS if "@seed" not in r],
+          "seeds": [f"{r}@seed{s}" if s else r for r in SEEDED for s in (0, *SEEDS)]}
 
 
-def make_cache():
-    if os.path.exists(os.path.join(CACHE, "meta.json")):
-        print("cache: reusing")
-        return read_json(os.path.join(ROOT, "cache.json"))
-    print("cache: running the teacher over the training split", flush=True)
-    cmd = [sys.executable, "distill.py", "cache", f"--teacher={TEACHER}", "--k=65", f"--out={CACHE}"]
-    wall, rss = run_logged(cmd, os.path.join(ROOT, "cache.log"))
-    cost = {"wall_s": wall, "peak_rss_mib": rss}
-    with open(os.path.join(ROOT, "cache.json"), "w") as f:
-        import json
-
+def make_cache(k):
+    """distill.py cache at k, once; its cost is kept in out-distill/cache-k<k>.json."""
+    cost_path = os.path.join(ROOT, f"cache-k{k}.json")
+    if os.path.exists(os.path.join(CACHES[k], "meta.json")) and os.path.exists(cost_path):
+        print(f"cache k={k}: reusing")
+        return read_json(cost_path)
+    print(f"cache k={k}: running the teacher over the training split", flush=True)
+    cmd = [sys.executable, "distill.py", "cache", f"--teacher={TEACHER}", f"--k={k}", f"--out={CACHES[k]}"]
+    wall, rss = run_logged(cmd, os.path.join(ROOT, f"cache-k{k}.log"))
+    size = sum(os.path.getsize(os.path.join(CACHES[k], f)) for f in ("values.f16", "indices.i32", "tail.f32"))
+    cost = {"k": k, "wall_s": wall, "peak_rss_mib": rss, "mib": size / 2**20}
+    with open(cost_path, "w") as f:
         json.dump(cost, f)
     return cost
 
@@ -112,11 +132,28 @@ def plot(runs, path):
     print(f"wrote {path}")
 
 
+def seed_table(by):
+    """val loss of the seeded rows at every seed, and cache - online per seed."""
+    seeds = (1337, *SEEDS)
+    name = lambda r, s: r if s == 1337 else f"{r}@seed{s}"  # noqa: E731
+    if not all(name(r, s) in by for r in SEEDED for s in seeds):
+        return None
+    lines = ["| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---" * (len(seeds) + 2) + "|"]
+    for r in SEEDED:
+        v = [by[name(r, s)]["val_loss"] for s in seeds]
+        lines.append(f"| {r} | " + " | ".join(f"{x:.4f}" for x in v) + f" | {statistics.mean(v):.4f} |")
+    d = [by[name("cache-k32-T2-a0.5", s)]["val_loss"] - by[name("online-T2-a0.5", s)]["val_loss"] for s in seeds]
+    lines.append("| cache k=32 − online | " + " | ".join(f"{x:+.4f}" for x in d) + f" | {statistics.mean(d):+.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
-    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "distill_val.png"))
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "distill_val.png"),
+                            groups=GROUPS)
     t0 = time.perf_counter()
     train_run("teacher", TEACHER, *reversed(ROWS["teacher"]))
-    cache_cost = make_cache() if any(r.startswith("cache") for r in rows) else None
+    caches = sorted({k for r in rows for k, path in CACHES.items() if f"--soft_labels={path}" in ROWS[r][1]})
+    costs = [make_cache(k) for k in caches]
     for name in rows:
         if name != "teacher":
             config, extra = ROWS[name]
@@ -125,20 +162,23 @@ def main(argv=None):
     md = table(results)
     print()
     print(md)
-    if cache_cost:
-        print(f"cache: {cache_cost['wall_s']:.0f} s to run the teacher over the training split once")
+    for c in costs:
+        print(f"cache k={c['k']}: {c['wall_s']:.0f} s to run the teacher over the training split once, {c['mib']:.0f} MiB")
     by = {r["row"]: r for r in results}
     if "online-T2-a0.5" in by and "cache-k32-T2-a0.5" in by:
         on, ca = by["online-T2-a0.5"], by["cache-k32-T2-a0.5"]
         print(f"cache k=32 vs online (T=2, alpha=0.5): {on['s_per_iter'] / ca['s_per_iter']:.2f}x faster per step, "
               f"val {ca['val_loss'] - on['val_loss']:+.4f}")
-    if args.plot:
+    seeds_md = seed_table(by)
+    if seeds_md:
+        print()
+        print(seeds_md)
+    if args.plot and "online-T2-a0.5" in rows:
         plot({n: os.path.join(ROOT, n) for n in rows if n in ("teacher", "hard", "online-T2-a0.5", "online-T2-a0.9",
-                                                               "cache-k32-T2-a0.5")}, args.plot)
-    import json
-
-    with open(os.path.join(ROOT, "results.json"), "w") as f:
-        json.dump({"rows": results, "table": md, "total_s": time.perf_counter() - t0}, f, indent=1)
+                                                               "cache-k32-T2-a0.5", "cache-k32-renorm-T2-a0.5")},
+             args.plot)
+    with open(os.path.join(ROOT, f"results-{args.rows.replace(',', '+')[:60]}.json"), "w") as f:
+        json.dump({"rows": results, "table": md, "seeds": seeds_md, "total_s": time.perf_counter() - t0}, f, indent=1)
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
 
 

@@ -59,22 +59,28 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def parse_args(argv, doc, rows, root, plot=None):
+def parse_args(argv, doc, rows, root, plot=None, groups=None):
     """The command line every experiment script shares: --input, --rows, --fresh (delete
-    root first) and --plot. Prepares data/shakespeare_char from --input if it is missing.
-    Returns (args, the chosen row names)."""
+    root first) and --plot. groups names lists of rows that --rows may use as one name
+    ("default", if there, is what --rows defaults to; otherwise every row). Prepares
+    data/shakespeare_char from --input if it is missing. Returns (args, the chosen row names)."""
     import argparse
 
+    groups = groups or {}
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     p.add_argument("--input", default=None, help="tiny shakespeare's input.txt, if data/shakespeare_char is not prepared")
-    p.add_argument("--rows", default=",".join(rows), help=f"comma-separated rows from: {', '.join(rows)}")
+    names = ", ".join(list(rows) + [f"{g} (= {','.join(r)})" for g, r in groups.items()])
+    p.add_argument("--rows", default="default" if "default" in groups else ",".join(rows),
+                   help=f"comma-separated rows or groups from: {names}")
     p.add_argument("--fresh", action="store_true", help=f"delete {os.path.relpath(root, REPO)}/ first")
     if plot:
         p.add_argument("--plot", default=plot, help="where the PNG goes (needs matplotlib)")
     args = p.parse_args(argv)
-    chosen = [r for r in args.rows.split(",") if r]
+    chosen = []
+    for r in (r for r in args.rows.split(",") if r):
+        chosen += [x for x in groups.get(r, [r]) if x not in chosen]
     if any(r not in rows for r in chosen):
-        p.error(f"unknown rows; choose from {', '.join(rows)}")
+        p.error(f"unknown rows; choose from {names}")
     if args.fresh:
         shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root, exist_ok=True)

@@ -98,6 +98,7 @@ class TrainConfig:
     kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     kd_jsd_beta: float = 0.5  # jsd: the mixture weight of the teacher
     kd_top_k: int = 0  # soft_labels: use the cache's top kd_top_k logits per position (0 = all it holds)
+    kd_tail: Literal["bucket", "renorm"] = "bucket"  # soft_labels: the mass past the top k as one "other" outcome, or dropped
 
 
 class UserError(Exception):
@@ -650,7 +651,8 @@ def train(tc, mc, pc=None):
     teacher = None
     try:
         if tc.soft_labels:
-            teacher = distill.CachedTeacher(tc.soft_labels, meta, mc.block_size, tc.kd_top_k or None)
+            teacher = distill.CachedTeacher(tc.soft_labels, meta, mc.block_size, tc.kd_top_k or None, tc.kd_tail,
+                                            tc.kd_temperature)
         elif tc.teacher:
             teacher = distill.OnlineTeacher(distill.load_teacher(tc.teacher, meta, device)[0])
     except ValueError as e:

@@ -2,8 +2,8 @@
 # than configs/distill_teacher.py), same data, block size and batch. Plain training, or KD:
 #   python train.py configs/distill_student.py                                          # hard labels
 #   python train.py configs/distill_student.py --teacher=out-distill/teacher --kd_alpha=0.5 --kd_temperature=2
-#   python distill.py cache --teacher=out-distill/teacher --k=65
-#   python train.py configs/distill_student.py --soft_labels=out-distill/teacher/soft_labels --kd_alpha=0.5 --kd_top_k=32
+#   python distill.py cache --teacher=out-distill/teacher --k=32
+#   python train.py configs/distill_student.py --soft_labels=out-distill/teacher/soft_labels --kd_alpha=0.5 --kd_temperature=2
 out_dir = "out-distill/student"
 dataset = "shakespeare_char"
 n_layer = 2

@@ -77,6 +77,35 @@ def test_topk_with_the_whole_vocabulary_equals_full_kd_and_small_k_renormalises(
         torch.testing.assert_close(kd_loss_topk(s, v, i, 2.0, kind), sub, rtol=1e-5, atol=1e-6)
 
 
+def bucketed_reference(s, t, k, T, kind, beta=0.5):
+    """The "other" bucket by definition: both distributions collapsed onto the teacher's top k
+    tokens plus one outcome for all the rest, with probabilities summed over the full vocabulary."""
+    p = torch.softmax(t.double() / T, -1)
+    q = torch.softmax(s.double() / T, -1)
+    i = t.topk(k, dim=-1).indices
+    collapse = lambda a: torch.cat([a.gather(-1, i), 1 - a.gather(-1, i).sum(-1, keepdim=True)], -1)  # noqa: E731
+    return reference(collapse(q).log() * T, collapse(p).log() * T, T, kind, beta)
+
+
+@pytest.mark.parametrize("kind", distill.KD_KINDS)
+def test_topk_with_the_other_bucket_is_the_collapsed_distribution_and_exact_for_a_one_token_tail(kind):
+    s, t = logits_pair(3)
+    V = t.shape[-1]
+    for k in (3, V - 1):
+        v, i = t.topk(k, dim=-1)
+        rest = t.scatter(-1, i, float("-inf"))
+        for T in (1.0, 2.0):
+            tail = torch.logsumexp(rest / T, -1)
+            got = kd_loss_topk(s, v, i, T, kind, beta=0.3, tail_logsumexp=tail)
+            torch.testing.assert_close(got.double(), bucketed_reference(s, t, k, T, kind, 0.3), rtol=1e-5, atol=1e-6)
+            if k == V - 1:  # a tail of one token is known exactly: the full KD loss
+                torch.testing.assert_close(got, kd_loss(s, t, T, kind, beta=0.3), rtol=1e-5, atol=1e-6)
+    # the bucket keeps the tail's mass, renormalising drops it: they differ for small k
+    v, i = t.topk(3, dim=-1)
+    tail = torch.logsumexp(t.scatter(-1, i, float("-inf")) / 2.0, -1)
+    assert abs(kd_loss_topk(s, v, i, 2.0, kind, tail_logsumexp=tail) - kd_loss_topk(s, v, i, 2.0, kind)) > 1e-2
+
+
 # ----------------------------------------------------------------------------------------
 # through train.py
 
@@ -132,7 +161,8 @@ def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_d
     cache = distill.CachedTeacher(cache_dir, meta, m["block_size"])
     windows = distill.AlignedWindows(data, 4, m["block_size"], "cpu", 0, cache.n_windows)
     x, y = windows.next()
-    v, i = cache.lookup(windows.last_starts, "cpu")
+    v, i, tail = cache.lookup(windows.last_starts, "cpu")
+    assert tail is None  # every logit cached: no tail
     with torch.no_grad():
         logits, _ = teacher(x)
     ref_v, ref_i = logits.topk(v.shape[-1], dim=-1)
@@ -148,6 +178,37 @@ def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_d
     with pytest.raises(train.UserError, match="holds windows of 16 tokens; train the student with block_size=16"):
         run([f"--soft_labels={cache_dir}", "--kd_alpha=0.5", "--block_size=8", "--max_iters=1"],
             str(tmp_path / "bad"), char_dataset)
+
+
+def test_cached_tail_mass_equals_the_teachers_at_every_k(teacher_run, char_dataset, tmp_path):
+    """The bucket's tail from a k = 8 cache (stored tail.f32) and from a full cache cut to
+    k = 8 (its cached logits past 8) both equal the teacher's own mass outside its top 8."""
+    data, _, meta = train.load_dataset(char_dataset)
+    V = meta["vocab_size"]
+    small = distill.build_cache(teacher_run, data, meta, str(tmp_path / "k8"), k=8, tail_temperatures=[1, 2])
+    distill.build_cache(teacher_run, data, meta, str(tmp_path / "all"), k=V, tail_temperatures=[])
+    teacher, _ = distill.load_teacher(teacher_run, meta)
+    a = distill.CachedTeacher(str(tmp_path / "k8"), meta, small["block_size"], tail="bucket", temperature=2.0)
+    b = distill.CachedTeacher(str(tmp_path / "all"), meta, small["block_size"], k=8, tail="bucket", temperature=2.0)
+    windows = distill.AlignedWindows(data, 3, small["block_size"], "cpu", 1, a.n_windows)
+    x, _ = windows.next()
+    with torch.no_grad():
+        logits, _ = teacher(x)
+    i = logits.topk(8, dim=-1).indices
+    expected = torch.logsumexp(logits.scatter(-1, i, float("-inf")) / 2.0, -1)
+    va, ia, ta = a.lookup(windows.last_starts, "cpu")
+    vb, ib, tb = b.lookup(windows.last_starts, "cpu")
+    assert torch.equal(ia, i) and torch.equal(ib, i) and torch.equal(va, vb)
+    torch.testing.assert_close(ta, expected, rtol=0, atol=1e-5)  # stored in fp32
+    torch.testing.assert_close(tb, expected, rtol=0, atol=5e-3)  # summed from fp16 logits
+    # renorm needs no tail; a temperature the cache has no tail for is a clear error
+    assert distill.CachedTeacher(str(tmp_path / "k8"), meta, 16, tail="renorm", temperature=3.0).lookup(
+        windows.last_starts, "cpu")[2] is None
+    with pytest.raises(ValueError, match=r"kd_tail=bucket at kd_temperature=3: .* for T in \[1.0, 2.0\]; remake it "
+                                         r"with --tail_temperatures including 3, or set kd_tail=renorm"):
+        distill.CachedTeacher(str(tmp_path / "k8"), meta, 16, tail="bucket", temperature=3.0)
+    # the full cache needs no stored tail at any T: its logits past k are the tail
+    assert distill.CachedTeacher(str(tmp_path / "all"), meta, 16, k=8, temperature=3.0).tail_column is None
 
 
 def test_vocabulary_mismatch_is_a_clear_error(teacher_run, tmp_path):
