@@ -173,7 +173,7 @@ def main(argv=None):
     if seeds_md:
         print()
         print(seeds_md)
-    if args.plot and "online-T2-a0.5" in rows:
+    if args.plot and "teacher" in rows and "online-T2-a0.5" in rows:  # the main table's plot, not the seeds'
         plot({n: os.path.join(ROOT, n) for n in rows if n in ("teacher", "hard", "online-T2-a0.5", "online-T2-a0.9",
                                                                "cache-k32-T2-a0.5", "cache-k32-renorm-T2-a0.5")},
              args.plot)
