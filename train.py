@@ -682,7 +682,10 @@ def train(tc, mc, pc=None):
         os.makedirs(tc.out_dir, exist_ok=True)
         write_json_atomic(config, os.path.join(tc.out_dir, "config.json"))
         metrics_path = os.path.join(tc.out_dir, "metrics.jsonl")
-        trim_metrics(metrics_path, start_iter if tc.init_from == "resume" else 0)
+        if tc.init_from == "resume":
+            trim_metrics(metrics_path, start_iter)
+        elif os.path.exists(metrics_path):
+            os.remove(metrics_path)  # a new run in an old run's folder: the file holds the new run's rows only
         metrics = open(metrics_path, "a")
 
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size

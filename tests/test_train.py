@@ -216,6 +216,10 @@ def test_checkpoint_holds_plain_keys_config_and_tokenizer(tmp_path, char_dataset
     assert ckpt["meta"]["vocab_size"] == ckpt["model_config"]["vocab_size"]
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["n_layer"] == 2
+    # a new run in the same folder: metrics.jsonl then holds that run's rows only
+    first = read_metrics(out)
+    run_train(["--max_iters=2", "--eval_iters=1"], out, char_dataset)
+    assert [r["iter"] for r in read_metrics(out)] == [r["iter"] for r in first]
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
