@@ -248,8 +248,12 @@ class AlignedWindows:
         self.offsets = np.arange(block_size + 1)
         self.last_starts = None
 
+    rank, world = 0, 1  # data parallel, as train.RandomWindows
+
     def next(self):
-        w = torch.randint(self.n_windows, (self.batch_size,), generator=self.generator).numpy()
+        # data parallel: every process draws all processes' batches and keeps its own (train.RandomWindows)
+        w = [torch.randint(self.n_windows, (self.batch_size,), generator=self.generator) for _ in range(self.world)]
+        w = w[self.rank].numpy()
         self.last_starts = w * self.block_size
         rows = self.data[self.last_starts[:, None] + self.offsets]  # (B, T + 1)
         buf = torch.from_numpy(rows.astype(np.int64))

@@ -6,6 +6,7 @@ from a checkpoint, and resuming.
     python train.py configs/shakespeare_char_cpu.py --max_iters=500 --dtype=float32
     python train.py configs/shakespeare_char_cpu.py --init_from=resume --max_iters=3000
     python train.py configs/peft_finetune.py --peft=lora --lora_r=8   # LoRA on a base run (peft.py)
+    torchrun --standalone --nproc_per_node=2 train.py configs/shakespeare_char_cpu.py --gradient_accumulation_steps=2
 
 A config file is Python whose top-level assignments set config keys (names starting with
 "_" are private helpers); `--key=value` on the command line overrides it. Every key, its
@@ -24,6 +25,10 @@ What one optimizer step does (DESIGN.md, "How data flows"):
 out_dir receives config.json (the resolved config), metrics.jsonl (a JSON object per line:
 training rows `iter, loss, lr, tokens_per_sec, time`, eval rows `iter, train_loss,
 val_loss, time`) and ckpt.pt, written atomically at every eval and at the end.
+
+Data parallel: `torchrun --standalone --nproc_per_node=N train.py ...` runs N processes
+(setup_distributed); each runs gradient_accumulation_steps / N of the micro-batches, DDP
+averages the gradients, and process 0 alone prints and writes the files.
 
 PEFT (peft != 'none', with init_from a base run folder): the base is loaded, peft.py's
 surgery freezes it and adds the PEFT parameters, and only those reach the optimizer. The
@@ -71,7 +76,7 @@ class TrainConfig:
     # data
     dataset: str = "shakespeare_char"  # a folder under data/, or a path, with train.bin, val.bin, meta.json
     batch_size: int = 12  # sequences per micro-batch
-    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (under torchrun: over all processes)
     # AdamW
     learning_rate: float = 6e-4  # peak learning rate
     max_iters: int = 5000  # optimizer steps in total
@@ -320,6 +325,35 @@ def cpu_has_fast_bf16():
     return bool(check is not None and check())
 
 
+def setup_distributed(device):
+    """Data parallel (DDP) when torchrun started this process with WORLD_SIZE > 1: one process
+    per GPU (NCCL, device cuda:LOCAL_RANK) or per share of the CPU cores (gloo; torchrun
+    gives each process OMP_NUM_THREADS=1). Returns (rank, world_size, device); (0, 1, device)
+    for a plain `python train.py`."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
+def all_mean(t, world):
+    """The mean of a tensor over the data-parallel processes (itself when there is one)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)  # a sum: gloo has no AVG
+        t /= world
+    return t
+
+
 # ----------------------------------------------------------------------------------------
 # learning-rate schedule
 
@@ -394,8 +428,15 @@ class RandomWindows:
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
 
+    rank, world = 0, 1  # data parallel: set by train() to this process's rank and the number of processes
+
     def next(self):
-        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        # data parallel without a distributed sampler: every process draws the batches of all
+        # `world` processes in rank order and keeps its own. All generators then stay in one
+        # state (the one data position a checkpoint saves), and N processes see exactly the
+        # micro-batches one process would draw in a row.
+        starts = [torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+                  for _ in range(self.world)][self.rank]
         rows = self.data[starts.numpy()[:, None] + self.offsets]  # one gather: (B, T + 1) uint16
         buf = torch.from_numpy(rows.astype(np.int64))
         if self.device != "cpu":
@@ -520,7 +561,10 @@ def restore_model(ckpt, why, peft_config=None, **overrides):
     return model
 
 
-def rng_state(windows):
+def rng_state(windows, world=1):
+    """Every random state the run draws from. The data generator is the same in every
+    data-parallel process; the torch generator (dropout) is each process's own, so under
+    DDP all of them are gathered (a collective: every process calls this)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -531,14 +575,25 @@ def rng_state(windows):
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if world > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * world
+        dist.all_gather_object(ranks, torch.get_rng_state())
+        state["torch_ranks"] = ranks
     return state
 
 
-def set_rng_state(state, windows):
+def set_rng_state(state, windows, rank=0, world=1):
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
+    if world > 1 and len(state.get("torch_ranks", [])) == world:
+        torch.set_rng_state(state["torch_ranks"][rank])  # this process's dropout stream
+    elif (world > 1 or "torch_ranks" in state) and rank == 0:
+        print(f"note: the checkpoint was written by {len(state.get('torch_ranks', [])) or 1} process(es), this run has "
+              f"{world}: the data continues exactly, dropout's randomness does not")
     windows.generator.set_state(state["data"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -561,21 +616,26 @@ def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teache
     teacher (distill.OnlineTeacher or CachedTeacher) the loss is tc.kd_alpha * KD +
     (1 - tc.kd_alpha) * the model's loss, and terms (a dict) receives the mean KD and CE."""
     loss_sum = 0.0
-    for _ in range(accumulation_steps):
-        x, y = windows.next()
-        with ctx:
-            logits, loss = run_model(x, y)
-            if teacher is not None:
-                kd = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), tc)
-                if terms is not None:
-                    terms["kd"] = terms.get("kd", 0.0) + kd.detach() / accumulation_steps
-                    terms["ce"] = terms.get("ce", 0.0) + loss.detach() / accumulation_steps
-                loss = tc.kd_alpha * kd + (1.0 - tc.kd_alpha) * loss
-        loss_sum += loss.detach()
-        # each micro-batch's loss is a mean over its tokens; dividing by the number of
-        # micro-batches makes the summed gradient the mean over all of them, i.e. the
-        # gradient of one batch accumulation_steps times larger
-        scaler.scale(loss / accumulation_steps).backward()
+    for micro in range(accumulation_steps):
+        # DDP averages the gradients over the processes during backward; only the last
+        # micro-batch needs that, the others just accumulate here (no_sync)
+        last = micro == accumulation_steps - 1
+        with (run_model.no_sync() if hasattr(run_model, "no_sync") and not last else nullcontext()):
+            x, y = windows.next()
+            with ctx:
+                logits, loss = run_model(x, y)
+                if teacher is not None:
+                    kd = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), tc)
+                    if terms is not None:
+                        terms["kd"] = terms.get("kd", 0.0) + kd.detach() / accumulation_steps
+                        terms["ce"] = terms.get("ce", 0.0) + loss.detach() / accumulation_steps
+                    loss = tc.kd_alpha * kd + (1.0 - tc.kd_alpha) * loss
+            loss_sum += loss.detach()
+            # each micro-batch's loss is a mean over its tokens; dividing by the number of
+            # micro-batches makes the summed gradient the mean over all of them, i.e. the
+            # gradient of one batch accumulation_steps times larger (and DDP's average over
+            # N processes makes it N times larger again)
+            scaler.scale(loss / accumulation_steps).backward()
     return loss_sum / accumulation_steps
 
 
@@ -589,12 +649,35 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
 
 
 def train(tc, mc, pc=None):
-    """Run the training that (tc, mc, pc) describe. Returns the final metrics row."""
-    from tqdm import tqdm
-
+    """Run the training that (tc, mc, pc) describe. Returns the final metrics row. Under
+    torchrun, one data-parallel process of it (setup_distributed)."""
     pc = pc or PEFTConfig()
 
     device, dtype = resolve_system(tc)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; checked before any process group exists
+    if tc.gradient_accumulation_steps % world:
+        raise UserError(f"gradient_accumulation_steps={tc.gradient_accumulation_steps} must be a multiple of the "
+                        f"{world} processes torchrun started: it counts the micro-batches of one optimizer step "
+                        f"over all of them (each runs gradient_accumulation_steps / {world})")
+    rank, world, device = setup_distributed(device)
+    if world == 1:
+        return _train(tc, mc, pc, device, dtype, rank, world)
+    import torch.distributed as dist
+
+    try:
+        row = _train(tc, mc, pc, device, dtype, rank, world)
+        dist.barrier()  # leave together: a process that tears gloo down while another still saves aborts
+        return row
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(tc, mc, pc, device, dtype, rank, world):
+    from tqdm import tqdm
+
+    master = rank == 0  # under DDP only process 0 prints and writes files
+    say = print if master else (lambda *args, **kwargs: None)
+    local_accumulation = tc.gradient_accumulation_steps // world
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -641,6 +724,8 @@ def train(tc, mc, pc=None):
         model = GPT(mc)
     model.to(device)
     trainable = trainable_summary(model)
+    if world > 1:
+        torch.manual_seed(tc.seed + rank)  # each process its own dropout (the weights are rank 0's: DDP broadcasts them)
 
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = autocast_context(device, ptdtype)
@@ -661,6 +746,7 @@ def train(tc, mc, pc=None):
         windows = distill.AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
     else:
         windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
+    windows.rank, windows.world = rank, world
 
     iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     if tc.init_from == "resume":
@@ -669,16 +755,21 @@ def train(tc, mc, pc=None):
             group["weight_decay"], group["betas"] = decay, (tc.beta1, tc.beta2)  # today's config, not the saved one
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val_loss, elapsed_before = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
-        set_rng_state(ckpt["rng"], windows)
+        set_rng_state(ckpt["rng"], windows, rank, world)
     del ckpt
     start_iter = iter_num
 
-    run_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
+    eval_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
+    run_model = eval_model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run_model = DistributedDataParallel(eval_model, device_ids=[device] if device_type == "cuda" else None)
 
     config = {**asdict(tc), **asdict(mc), **asdict(pc), "device": device, "dtype": dtype,
               "trainable": {k: v for k, v in trainable.items() if k != "line"}}
     metrics = None  # eval_only is an extra measurement: it leaves the run's files as they are
-    if not tc.eval_only:
+    if not tc.eval_only and master:
         os.makedirs(tc.out_dir, exist_ok=True)
         write_json_atomic(config, os.path.join(tc.out_dir, "config.json"))
         metrics_path = os.path.join(tc.out_dir, "metrics.jsonl")
@@ -691,19 +782,21 @@ def train(tc, mc, pc=None):
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
     moe_layers = model.moe_layers()
     active = f" ({model.get_num_params(active=True) / 1e6:.2f}M active per token)" if moe_layers else ""
-    print(
+    say(
         f"model: {model.get_num_params() / 1e6:.2f}M parameters{active} | {device} {dtype} | "
         f"tokens per optimizer step: {tokens_per_iter:,} "
         f"({tc.gradient_accumulation_steps} x {tc.batch_size} x {mc.block_size})"
+        + (f" | data parallel: {world} processes x {local_accumulation} micro-batches" if world > 1 else "")
     )
     if pc.peft != "none" or tc.init_from not in ("scratch", "resume"):
-        print(f"{pc.peft if pc.peft != 'none' else 'full fine-tuning'}: {trainable['line']}")
+        say(f"{pc.peft if pc.peft != 'none' else 'full fine-tuning'}: {trainable['line']}")
     if tc.init_from == "resume":
-        print(f"resuming {tc.out_dir} at iter {iter_num}")
+        say(f"resuming {tc.out_dir} at iter {iter_num}")
     if iter_num >= tc.max_iters and not tc.eval_only:
-        print(f"nothing to do: the checkpoint is at iter {iter_num} >= max_iters={tc.max_iters}; "
+        say(f"nothing to do: the checkpoint is at iter {iter_num} >= max_iters={tc.max_iters}; "
               f"pass a larger --max_iters to train on")
-        metrics.close()
+        if metrics:
+            metrics.close()
         return None
 
     t_start = time.perf_counter()
@@ -717,15 +810,20 @@ def train(tc, mc, pc=None):
 
     def evaluate_and_save(it):
         nonlocal best_val_loss
-        losses = estimate_loss(run_model, {"train": train_data, "val": val_data}, tc.batch_size,
+        # every process evaluates the same fixed batches (no collective), so all agree on best_val_loss
+        losses = estimate_loss(eval_model, {"train": train_data, "val": val_data}, tc.batch_size,
                                mc.block_size, tc.eval_iters, device, ctx, tc.seed)
         row = log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
         improved = losses["val"] < best_val_loss
         best_val_loss = min(best_val_loss, losses["val"])
-        tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if master:
+            tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if tc.eval_only:
             return row
         if improved or tc.always_save_checkpoint or it == tc.max_iters:
+            rng = rng_state(windows, world)  # under DDP a collective: before the master-only part
+            if not master:
+                return row
             ckpt = {
                 # a PEFT run saves its PEFT tensors and where its base is (restore_model)
                 "model": peft_state_dict(model) if peft_base else model.state_dict(),
@@ -737,7 +835,7 @@ def train(tc, mc, pc=None):
                 "iter_num": it,
                 "best_val_loss": best_val_loss,
                 "elapsed": row["time"],
-                "rng": rng_state(windows),
+                "rng": rng,
             }
             if peft_base:
                 ckpt["peft_base"] = peft_base
@@ -747,7 +845,7 @@ def train(tc, mc, pc=None):
     if tc.eval_only:
         return evaluate_and_save(iter_num)
 
-    bar = tqdm(total=tc.max_iters, initial=iter_num, disable=not tc.progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.max_iters, initial=iter_num, disable=not (tc.progress and master), dynamic_ncols=True)
     run_model.train()
     t_last, steps_since_log = time.perf_counter(), 0
     while iter_num < tc.max_iters:
@@ -760,11 +858,12 @@ def train(tc, mc, pc=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         terms = {}
-        loss_value = forward_backward(run_model, windows, ctx, scaler, tc.gradient_accumulation_steps,
-                                      teacher, tc, terms).item()
+        loss = forward_backward(run_model, windows, ctx, scaler, local_accumulation, teacher, tc, terms)
+        loss_value = all_mean(loss, world).item()  # every process sees the same value: all stop, or none
         if not math.isfinite(loss_value):
             bar.close()
-            metrics.close()
+            if metrics:
+                metrics.close()
             raise NonFiniteLossError(
                 f"loss is {loss_value} at iter {iter_num}: stopped before the optimizer step; "
                 f"{os.path.join(tc.out_dir, 'ckpt.pt')} still holds the last good checkpoint "
@@ -793,7 +892,8 @@ def train(tc, mc, pc=None):
 
     bar.close()
     row = evaluate_and_save(iter_num)  # the final state is always evaluated and saved
-    metrics.close()
+    if metrics:
+        metrics.close()
     return row
 
 
