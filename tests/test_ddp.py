@@ -48,9 +48,10 @@ def test_two_processes_train_like_one_with_two_micro_batches(tmp_path, char_data
     r = launch(args, two, char_dataset, 2)
     assert "data parallel: 2 processes x 1 micro-batches" in r.stdout
     want, got = rows(one, "loss"), rows(two, "loss")
-    assert [i for i, _ in got] == list(range(6))
-    assert got == pytest.approx(want, rel=1e-5)
-    assert rows(two, "val_loss") == pytest.approx(rows(one, "val_loss"), rel=1e-5)
+    assert [i for i, _ in got] == [i for i, _ in want] == list(range(6))
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+    assert [i for i, _ in rows(two, "val_loss")] == [i for i, _ in rows(one, "val_loss")] == [0, 3, 6]
+    assert [v for _, v in rows(two, "val_loss")] == pytest.approx([v for _, v in rows(one, "val_loss")], rel=1e-5)
     a, b = weights(one), weights(two)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     # the two processes saw different batches: the loss of the first step is not that of
