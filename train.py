@@ -578,9 +578,12 @@ def rng_state(windows, world=1):
     if world > 1:
         import torch.distributed as dist
 
-        ranks = [None] * world
-        dist.all_gather_object(ranks, torch.get_rng_state())
-        state["torch_ranks"] = ranks
+        ranks = [None] * world  # (CPU generator, this process's GPU generator or None) of each process
+        dist.all_gather_object(ranks, (torch.get_rng_state(),
+                                       torch.cuda.get_rng_state() if torch.cuda.is_available() else None))
+        state["torch_ranks"] = [cpu for cpu, _ in ranks]
+        if torch.cuda.is_available():
+            state["cuda_ranks"] = [gpu for _, gpu in ranks]
     return state
 
 
@@ -597,6 +600,8 @@ def set_rng_state(state, windows, rank=0, world=1):
     windows.generator.set_state(state["data"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+        if world > 1 and len(state.get("cuda_ranks", [])) == world:
+            torch.cuda.set_rng_state(state["cuda_ranks"][rank])  # this process's GPU (dropout on CUDA)
 
 
 # ----------------------------------------------------------------------------------------
@@ -764,7 +769,8 @@ def _train(tc, mc, pc, device, dtype, rank, world):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        run_model = DistributedDataParallel(eval_model, device_ids=[device] if device_type == "cuda" else None)
+        run_model = DistributedDataParallel(
+            eval_model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
 
     config = {**asdict(tc), **asdict(mc), **asdict(pc), "device": device, "dtype": dtype,
               "trainable": {k: v for k, v in trainable.items() if k != "line"}}
