@@ -241,14 +241,14 @@ class AlignedWindows:
     same context the teacher saw when the cache was made. Same interface as train.RandomWindows,
     plus last_starts (the batch's window starts, for the cache lookup)."""
 
+    rank, world = 0, 1  # data parallel, as train.RandomWindows
+
     def __init__(self, data, batch_size, block_size, device, seed, n_windows):
         self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
         self.n_windows = n_windows
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
         self.last_starts = None
-
-    rank, world = 0, 1  # data parallel, as train.RandomWindows
 
     def next(self):
         # data parallel: every process draws all processes' batches and keeps its own (train.RandomWindows)

@@ -1,7 +1,8 @@
 """
-Helpers shared by the experiment scripts (peft_experiment.py, moe_experiment.py): run
-train.py in a process of its own, with its output in a log file, its peak memory measured
-by the OS, and a finished run reused on the next invocation. Does no work at import.
+Helpers shared by the experiment scripts (peft_experiment.py, moe_experiment.py,
+distill_experiment.py): run train.py in a process of its own, with its output in a log
+file, its peak memory measured by the OS, and a finished run reused on the next
+invocation. Does no work at import.
 """
 
 import json

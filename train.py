@@ -421,14 +421,14 @@ class RandomWindows:
     """Batches of random (block_size + 1)-token windows from a token array, drawn with a
     generator of its own: its state is the data position that a checkpoint saves."""
 
+    rank, world = 0, 1  # data parallel: set by train() to this process's rank and the number of processes
+
     def __init__(self, data, batch_size, block_size, device, seed):
         if len(data) <= block_size + 1:
             raise UserError(f"a split has {len(data)} tokens; block_size={block_size} needs more")
         self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
-
-    rank, world = 0, 1  # data parallel: set by train() to this process's rank and the number of processes
 
     def next(self):
         # data parallel without a distributed sampler: every process draws the batches of all
