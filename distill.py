@@ -5,9 +5,10 @@ came next.
 
     python train.py configs/distill_teacher.py                                # 1. the teacher
     python distill.py cache --teacher=out-distill/teacher --k=32              # 2. its top-k logits, once
-    python train.py configs/distill_student.py --kd_alpha=0.5 --kd_temperature=2 \
+    python train.py configs/distill_student.py --kd_alpha=0.5 --kd_temperature=2 \\
         --soft_labels=out-distill/teacher/soft_labels                          # 3a. student, from the cache
-    python train.py configs/distill_student.py --kd_alpha=0.5 --teacher=out-distill/teacher   # 3b. online teacher
+    python train.py configs/distill_student.py --kd_alpha=0.5 --kd_temperature=2 \\
+        --teacher=out-distill/teacher --out_dir=out-distill/student-online     # 3b. or an online teacher
     python train.py configs/distill_student.py --init_from=out-distill/student --kd_alpha=0 ...  # 4. hard labels only
 
 The training objective (train.py): kd_alpha * KD + (1 - kd_alpha) * cross-entropy on the
@@ -25,9 +26,9 @@ then exactly T (p_s - p_t) (tested).
 The soft-label cache (`distill.py cache`) runs the teacher once over the training split,
 in consecutive windows of block_size tokens, and keeps each position's k largest logits
 (fp16) and their token ids. The logits are stored before any temperature, so one cache
-serves several T (the bucket below: those it was made for). A student trained from the cache samples whole cached windows
-(AlignedWindows), so the context the teacher saw at a position is exactly the context the
-student sees there.
+serves several T (with the bucket below: those it was made for). A student trained from
+the cache samples whole cached windows (AlignedWindows), so the context the teacher saw at
+a position is exactly the context the student sees there.
 
 The tail, the V - k logits a top-k cache leaves out, is handled one of two ways (kd_tail):
   bucket  (default) the tail becomes one more outcome, "any other token". The cache stores
