@@ -6,9 +6,12 @@ Throughput, MFU and peak memory of the training step, one configuration per row,
     python bench.py --rows fp32,fp32_ckpt --batch_size=32 --steps=3
     python bench.py --moe            # MoE feed-forward vs the dense MLP with the same active parameters
 
-Each row runs in a subprocess of its own, so its peak memory is that row's alone: peak RSS
-from the OS (getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA. The step timed is
-train.py's own (forward_backward + optimizer_step) on random tokens.
+Each row runs in a subprocess of its own, so its peak memory is that row's alone. Two
+figures: peak RSS from the OS (getrusage), what the process held, runtime and allocator
+caches included; and peak tensor memory, the bytes held by live tensors during one more
+(profiled) step, which is what activations, gradients and optimizer state cost and what
+gradient checkpointing changes (on CUDA both are torch.cuda.max_memory_allocated). The
+step timed is train.py's own (step.forward_backward + step.optimizer_step) on random tokens.
 
 MFU (model FLOPs utilisation, PaLM appendix B) = the model's training FLOPs per second
 divided by the peak matmul FLOP/s *measured in the same run, for the same dtype, on the
@@ -96,34 +99,67 @@ def run_peak(spec):
     return {"peak": measure_peak_matmul(matmul_shapes(GPT(mc), tokens), dtype, device)}
 
 
+def live_tensor_bytes(model, optimizer):
+    """Bytes of the tensors alive between steps: parameters, buffers, gradients and the
+    optimizer's state, each storage counted once (the tied embedding is one)."""
+    import torch
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def peak_tensor_bytes(step, live_before):
+    """Peak bytes held by live tensors during one call of step(): the CPU counterpart of
+    torch.cuda.max_memory_allocated. The profiler records every allocation and free of
+    PyTorch's allocator as a "[memory]" event (+bytes, -bytes); their running sum, in time
+    order, peaks at the most the step ever held on top of live_before. Unlike peak RSS it
+    does not see the runtime (~400 MiB) nor the freed memory glibc keeps for reuse."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        held += e.nbytes()
+        peak = max(peak, held)
+    return live_before + peak
+
+
 def run_row(spec):
     import numpy as np
     import torch
 
-    import train
+    from batches import RandomWindows
+    from config import TrainConfig
     from model import GPT, GPTConfig
+    from step import forward_backward, make_optimizer, optimizer_step
+    from system import autocast_context
 
     device = spec["device"]
     torch.manual_seed(0)
     mc = GPTConfig(n_layer=spec["n_layer"], n_head=spec["n_head"], n_embd=spec["n_embd"],
                    block_size=spec["block_size"], vocab_size=65, dropout=spec["dropout"],
                    grad_checkpointing=spec["ckpt"])
-    tc = train.TrainConfig(batch_size=spec["batch_size"] // spec["accum"],
-                           gradient_accumulation_steps=spec["accum"], learning_rate=1e-3)
+    tc = TrainConfig(batch_size=spec["batch_size"] // spec["accum"],
+                     gradient_accumulation_steps=spec["accum"], learning_rate=1e-3)
     model = GPT(mc).to(device)
     ptdtype = getattr(torch, spec["dtype"])
     data = np.random.default_rng(0).integers(0, 65, 200_000).astype(np.uint16)
-    windows = train.RandomWindows(data, tc.batch_size, mc.block_size, device, 0)
-    optimizer = train.make_optimizer(model, tc)
-    ctx = train.autocast_context(device, ptdtype)
+    windows = RandomWindows(data, tc.batch_size, mc.block_size, device, 0)
+    optimizer = make_optimizer(model, tc)
+    ctx = autocast_context(device, ptdtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(ptdtype == torch.float16))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
 
-    def step():
-        loss = train.forward_backward(model, windows, ctx, scaler, tc.gradient_accumulation_steps)
-        train.optimizer_step(model, optimizer, scaler, 1.0)
+    def step():  # train.py's step: step.forward_backward + step.optimizer_step
+        loss = forward_backward(model, windows, ctx, scaler, tc.gradient_accumulation_steps)
+        optimizer_step(model, optimizer, scaler, 1.0)
         return loss.item()  # also syncs CUDA
 
     for _ in range(spec["warmup"]):
@@ -139,11 +175,13 @@ def run_row(spec):
     peak = spec["peak"]
     if device == "cpu":
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+        tensor_mem = peak_tensor_bytes(step, live_tensor_bytes(model, optimizer)) / 2**20  # one more step, profiled
     else:
-        peak_mem = torch.cuda.max_memory_allocated() / 2**20
+        peak_mem = tensor_mem = torch.cuda.max_memory_allocated() / 2**20  # CUDA counts tensors, not the process
     return {"s_per_iter": dt, "tokens_per_sec": tok_s, "model_tflops": flops / 1e12,
             "peak_tflops": peak / 1e12, "mfu": flops / peak, "peak_mem_mib": peak_mem,
-            "rss_before_step_mib": rss_before, "params_m": model.get_num_params() / 1e6}
+            "peak_tensor_mib": tensor_mem, "rss_before_step_mib": rss_before,
+            "params_m": model.get_num_params() / 1e6}
 
 
 # ----------------------------------------------------------------------------------------
@@ -247,7 +285,7 @@ def main(argv=None):
     print(f"model: {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, block {args.block_size}, "
           f"batch {args.batch_size}, dropout {args.dropout}, {args.device}, torch threads: {_threads()}")
     print(HEADER)
-    print("|---|---|---|---|---|---|---|")
+    print("|---" * HEADER.count(" | ") + "|---|")
     results = []
     peaks = {}  # (dtype, micro-batch) -> measured peak matmul FLOP/s, each in a subprocess of its own
     for name in names:
@@ -274,20 +312,22 @@ def main(argv=None):
         for r in results:
             if "skipped" not in r:
                 print(f"  {r['row']:<12} speed x{r['tokens_per_sec'] / base['tokens_per_sec']:.2f}   "
-                      f"peak memory {100 * (r['peak_mem_mib'] / base['peak_mem_mib'] - 1):+.0f}%")
+                      f"peak RSS {100 * (r['peak_mem_mib'] / base['peak_mem_mib'] - 1):+.0f}%   "
+                      f"peak tensor memory {100 * (r['peak_tensor_mib'] / base['peak_tensor_mib'] - 1):+.0f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": results}, f, indent=2)
 
 
-HEADER = "| row | s/iter | tokens/s | model TFLOP/s | peak matmul TFLOP/s | MFU | peak memory (MiB) |"
+HEADER = ("| row | s/iter | tokens/s | model TFLOP/s | peak matmul TFLOP/s | MFU | peak RSS (MiB) "
+          "| peak tensor memory (MiB) |")
 
 
 def format_row(r):
     if "skipped" in r:
         return f"| {r['row']} | skipped: {r['skipped']} |"
     return (f"| {r['row']} | {r['s_per_iter']:.3f} | {r['tokens_per_sec']:,.0f} | {r['model_tflops']:.3f} | "
-            f"{r['peak_tflops']:.3f} | {100 * r['mfu']:.0f}% | {r['peak_mem_mib']:,.0f} |")
+            f"{r['peak_tflops']:.3f} | {100 * r['mfu']:.0f}% | {r['peak_mem_mib']:,.0f} | {r['peak_tensor_mib']:,.0f} |")
 
 
 def child(args):

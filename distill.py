@@ -27,7 +27,7 @@ The soft-label cache (`distill.py cache`) runs the teacher once over the trainin
 in consecutive windows of block_size tokens, and keeps each position's k largest logits
 (fp16) and their token ids. The logits are stored before any temperature, so one cache
 serves several T (with the bucket below: those it was made for). A student trained from
-the cache samples whole cached windows (AlignedWindows), so the context the teacher saw at
+the cache samples whole cached windows (batches.AlignedWindows), so the context the teacher saw at
 a position is exactly the context the student sees there.
 
 The tail, the V - k logits a top-k cache leaves out, is handled one of two ways (kd_tail):
@@ -49,16 +49,50 @@ import argparse
 import json
 import math
 import os
-import sys
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from batches import AlignedWindows, load_dataset  # noqa: F401 (AlignedWindows: still importable from here)
+from checkpoint import file_sha256, read_checkpoint
+from errors import UserError, cli
 from model import GPT, GPTConfig
 from tokenizer import same_tokenizer
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass
+class KDConfig:
+    """The distillation keys of a train.py run (config.py merges them into the one flat key
+    space): loss = kd_alpha * KD + (1 - kd_alpha) * cross-entropy."""
+
+    teacher: str = ""  # run folder of a teacher that runs on every batch (online KD)
+    soft_labels: str = ""  # or a soft-label cache folder (python distill.py cache ...)
+    kd_alpha: float = 0.0  # weight of the KD term; 0 = plain training
+    kd_temperature: float = 1.0  # T: both distributions are softmax(logits / T); the loss is scaled by T^2
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    kd_jsd_beta: float = 0.5  # jsd: the mixture weight of the teacher
+    kd_top_k: int = 0  # soft_labels: use the cache's top kd_top_k logits per position (0 = all it holds)
+    kd_tail: Literal["bucket", "renorm"] = "bucket"  # soft_labels: the mass past the top k as one "other" outcome, or dropped
+
+    def __post_init__(self):
+        # written as "not (inside the domain)", so that a NaN fails too
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ValueError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
+        if self.teacher and self.soft_labels:
+            raise ValueError("teacher and soft_labels are two sources of the same soft labels: give one")
+        if self.kd_alpha > 0 and not (self.teacher or self.soft_labels):
+            raise ValueError(f"kd_alpha={self.kd_alpha} needs soft labels: set teacher=<run folder> or soft_labels=<cache>")
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature={self.kd_temperature} must be > 0")
+        if not 0.0 < self.kd_jsd_beta < 1.0:
+            raise ValueError(f"kd_jsd_beta={self.kd_jsd_beta} must be in (0, 1)")
+        if self.kd_top_k < 0:
+            raise ValueError(f"kd_top_k={self.kd_top_k} must be >= 0")
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,30 +271,15 @@ class CachedTeacher:
         return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1, tail)
 
 
-class AlignedWindows:
-    """Batches of whole cached windows: window w is tokens [w*T, (w+1)*T] of the split, the
-    same context the teacher saw when the cache was made. Same interface as train.RandomWindows,
-    plus last_starts (the batch's window starts, for the cache lookup)."""
-
-    rank, world = 0, 1  # data parallel, as train.RandomWindows
-
-    def __init__(self, data, batch_size, block_size, device, seed, n_windows):
-        self.data, self.batch_size, self.block_size, self.device = data, batch_size, block_size, device
-        self.n_windows = n_windows
-        self.generator = torch.Generator().manual_seed(seed)
-        self.offsets = np.arange(block_size + 1)
-        self.last_starts = None
-
-    def next(self):
-        # data parallel: every process draws all processes' batches and keeps its own (train.RandomWindows)
-        w = [torch.randint(self.n_windows, (self.batch_size,), generator=self.generator) for _ in range(self.world)]
-        w = w[self.rank].numpy()
-        self.last_starts = w * self.block_size
-        rows = self.data[self.last_starts[:, None] + self.offsets]  # (B, T + 1)
-        buf = torch.from_numpy(rows.astype(np.int64))
-        if self.device != "cpu":
-            buf = buf.pin_memory().to(self.device, non_blocking=True)
-        return buf[:, :-1], buf[:, 1:]
+def make_teacher(kd, data_meta, block_size, device="cpu"):
+    """The teacher a KDConfig names: a CachedTeacher (soft_labels), an OnlineTeacher
+    (teacher), or None. Its batches must then come from AlignedWindows for a cache
+    (batches.py), RandomWindows otherwise."""
+    if kd.soft_labels:
+        return CachedTeacher(kd.soft_labels, data_meta, block_size, kd.kd_top_k or None, kd.kd_tail, kd.kd_temperature)
+    if kd.teacher:
+        return OnlineTeacher(load_teacher(kd.teacher, data_meta, device)[0])
+    return None
 
 
 @torch.no_grad()
@@ -308,6 +327,7 @@ def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device=
     return meta
 
 
+@cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="distillation steps that are not plain training")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -320,27 +340,23 @@ def main(argv=None):
                    help="the T's at which to store the tail's mass, for kd_tail=bucket (comma-separated)")
     c.add_argument("--batch_size", type=int, default=32)
     args = p.parse_args(argv)
-    import train
-
+    ckpt = read_checkpoint(os.path.join(args.teacher, "ckpt.pt"), why="distill.py cache")
+    dataset = args.dataset or ckpt["config"]["dataset"]
+    data, _, meta = load_dataset(dataset)
+    out = args.out or os.path.join(args.teacher, "soft_labels")
+    if args.k < 1:
+        raise UserError(f"--k={args.k} must be >= 1")
     try:
-        ckpt = train.read_checkpoint(os.path.join(args.teacher, "ckpt.pt"), why="distill.py cache")
-        dataset = args.dataset or ckpt["config"]["dataset"]
-        data, _, meta = train.load_dataset(dataset)
-        out = args.out or os.path.join(args.teacher, "soft_labels")
-        if args.k < 1:
-            raise train.UserError(f"--k={args.k} must be >= 1")
-        try:
-            temps = [float(t) for t in args.tail_temperatures.split(",") if t.strip()]
-        except ValueError:
-            raise train.UserError(f"--tail_temperatures={args.tail_temperatures}: give numbers, e.g. 1,2,4") from None
-        if any(t <= 0 for t in temps):
-            raise train.UserError(f"--tail_temperatures={args.tail_temperatures}: temperatures must be > 0")
+        temps = [float(t) for t in args.tail_temperatures.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--tail_temperatures={args.tail_temperatures}: give numbers, e.g. 1,2,4") from None
+    if any(not t > 0 for t in temps):
+        raise UserError(f"--tail_temperatures={args.tail_temperatures}: temperatures must be > 0")
+    try:
         m = build_cache(args.teacher, data, meta, out, args.k, args.batch_size,
-                        teacher_sha256=train.file_sha256(os.path.join(args.teacher, "ckpt.pt")),
-                        tail_temperatures=temps)
-    except (ValueError, train.UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+                        teacher_sha256=file_sha256(os.path.join(args.teacher, "ckpt.pt")), tail_temperatures=temps)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     size = sum(os.path.getsize(os.path.join(out, f)) for f in ("values.f16", "indices.i32", "tail.f32"))
     print(f"wrote {out}: top-{m['k']} logits at {m['positions']:,} positions ({m['windows']:,} windows of "
           f"{m['block_size']}), {size / 2**20:.1f} MiB")

@@ -13,11 +13,11 @@ state): sample.py --out_dir=..., train.py --init_from=... to fine-tune it furthe
 
 import argparse
 import os
-import sys
 
+from checkpoint import read_checkpoint, restore_model, save_checkpoint
+from errors import UserError, cli
 from model import GPT, GPTConfig
 from peft import merged_state_dict
-from train import UserError, read_checkpoint, restore_model, save_checkpoint
 
 
 def export_merged(run_dir, to_dir):
@@ -49,18 +49,15 @@ def export_merged(run_dir, to_dir):
     return path
 
 
+@cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--out_dir", required=True, help="the PEFT run folder to export")
     p.add_argument("--to", required=True, help="folder for the plain checkpoint (ckpt.pt)")
     args = p.parse_args(argv)
-    try:
-        if os.path.abspath(args.to) == os.path.abspath(args.out_dir):
-            raise UserError("--to must be another folder than --out_dir: the PEFT run's checkpoint stays as it is")
-        path = export_merged(args.out_dir, args.to)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if os.path.abspath(args.to) == os.path.abspath(args.out_dir):
+        raise UserError("--to must be another folder than --out_dir: the PEFT run's checkpoint stays as it is")
+    path = export_merged(args.out_dir, args.to)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.2f} MiB): a plain GPT checkpoint")
 
 

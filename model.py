@@ -62,19 +62,29 @@ class GPTConfig:
     moe_init_scale: float = 1.0  # scale the experts' init (Switch section 2.6 uses 0.1)
 
     def __post_init__(self):
+        # every key's domain; each check reads "not (inside the domain)", so a NaN fails it too
+        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "moe_top_k", "moe_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.moe_num_experts < 0 or self.moe_every < 1:
-            raise ValueError(f"moe_num_experts={self.moe_num_experts} must be >= 0 and moe_every={self.moe_every} >= 1")
+        for key in ("moe_num_experts", "moe_hidden", "moe_aux_loss_coef", "moe_z_loss_coef"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+        for key in ("moe_capacity_factor", "moe_eval_capacity_factor", "moe_init_scale"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be > 0")
         if self.moe_num_experts > 0:
             if self.moe_router == "switch" and self.moe_top_k != 1:
                 raise ValueError(f"moe_router='switch' routes each token to one expert: set moe_top_k=1 (got {self.moe_top_k})")
-            if not 1 <= self.moe_top_k <= self.moe_num_experts:
+            if not self.moe_top_k <= self.moe_num_experts:
                 raise ValueError(f"moe_top_k={self.moe_top_k} must be between 1 and moe_num_experts={self.moe_num_experts}")
-            if self.moe_capacity_factor <= 0 or self.moe_eval_capacity_factor <= 0:
-                raise ValueError("moe_capacity_factor and moe_eval_capacity_factor must be > 0")
+            if self.moe_every > self.n_layer:
+                # block i is MoE when (i + 1) % moe_every == 0: none would be, a dense model in disguise
+                raise ValueError(f"moe_every={self.moe_every} is above n_layer={self.n_layer}: no block would get "
+                                 f"the experts; use moe_every <= {self.n_layer}")
 
     def is_moe_block(self, i):
         """Block i (0-based) has an MoE feed-forward: every moe_every-th block, the last of each group."""

@@ -9,7 +9,7 @@ of k small MLPs.
     y, aux = moe(x)        # x, y: (B, T, C); aux["loss"] = balancing + z losses, already weighted
 
 Used by model.py (GPTConfig.moe_num_experts > 0 turns every moe_every-th block's MLP into
-an MoE); measured by bench.py (--rows=moe) and moe_experiment.py.
+an MoE); measured by bench.py --moe and experiments/moe_experiment.py.
 
 Routers
 - top-k (Shazeer et al. 2017; Mixtral, Jiang et al. 2024): softmax over the router logits,

@@ -5,7 +5,7 @@ model by module surgery (submodules replaced or wrapped in place), everything el
     python train.py configs/peft_finetune.py --peft=lora --lora_r=8 --lora_targets="c_attn[q,v]"
     python train.py configs/peft_finetune.py --peft=adapter --adapter_size=16
     python train.py configs/peft_finetune.py --peft=bitfit
-    python peft_experiment.py          # all of them against full fine-tuning, as a table
+    python experiments/peft_experiment.py   # all of them against full fine-tuning, as a table
 
 As a library (it imports nothing from this repo and works on any nn.Module):
 
@@ -60,9 +60,10 @@ class PEFTConfig:
     bitfit_layernorm: bool = False  # BitFit: LayerNorm gains train too, not only the biases
 
     def __post_init__(self):
+        # "not (inside the domain)": a NaN fails too
         if self.lora_r < 1:
             raise ValueError(f"lora_r={self.lora_r} must be >= 1")
-        if self.lora_alpha <= 0:
+        if not self.lora_alpha > 0:
             raise ValueError(f"lora_alpha={self.lora_alpha} must be > 0")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")

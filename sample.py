@@ -15,14 +15,14 @@ A checkpoint carries its tokenizer (the dataset's meta.json), so nothing but out
 import argparse
 import copy
 import os
-import sys
 from dataclasses import asdict
 
 import torch
 
+from checkpoint import PEFT_KEYS, read_base_checkpoint, read_checkpoint, restore_model
+from errors import UserError, cli
 from peft import PEFTConfig, apply_peft, load_peft_state_dict
 from tokenizer import tokenizer_from_meta
-from train import PEFT_KEYS, UserError, read_base_checkpoint, read_checkpoint, restore_model
 
 
 def load_model(out_dir, device="cpu"):
@@ -74,6 +74,7 @@ def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, t
     return out
 
 
+@cli
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--out_dir", default="out", help="run folder holding ckpt.pt")
@@ -87,35 +88,31 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    try:
-        start = args.start
-        if start.startswith("FILE:"):
-            path = start[len("FILE:"):]
-            try:
-                with open(path, encoding="utf-8") as f:
-                    start = f.read()
-            except OSError as e:
-                raise UserError(f"--start=FILE:{path}: cannot read it ({e.strerror})") from None
-        if args.temperature < 0:
-            raise UserError(f"--temperature={args.temperature} must be >= 0")
-        if args.adapters:
-            runs = load_adapters([d for d in args.adapters.split(",") if d], args.device)
-        else:
-            runs = [(None, *load_model(args.out_dir, args.device))]
-        for run_dir, model, tok in runs:
-            try:
-                texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
-                                      args.top_k or None, args.seed, args.device)
-            except (KeyError, ValueError) as e:  # a prompt character outside the tokenizer's vocabulary
-                raise UserError(f"cannot encode the prompt: {e}") from None
-            if run_dir is not None:
-                print(f"=============== {run_dir}")
-            for text in texts:
-                print(text)
-                print("---------------")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    start = args.start
+    if start.startswith("FILE:"):
+        path = start[len("FILE:"):]
+        try:
+            with open(path, encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            raise UserError(f"--start=FILE:{path}: cannot read it ({e.strerror})") from None
+    if args.temperature < 0:
+        raise UserError(f"--temperature={args.temperature} must be >= 0")
+    if args.adapters:
+        runs = load_adapters([d for d in args.adapters.split(",") if d], args.device)
+    else:
+        runs = [(None, *load_model(args.out_dir, args.device))]
+    for run_dir, model, tok in runs:
+        try:
+            texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
+                                  args.top_k or None, args.seed, args.device)
+        except (KeyError, ValueError) as e:  # a prompt character outside the tokenizer's vocabulary
+            raise UserError(f"cannot encode the prompt: {e}") from None
+        if run_dir is not None:
+            print(f"=============== {run_dir}")
+        for text in texts:
+            print(text)
+            print("---------------")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# The distillation experiment's teacher (distill_experiment.py): 4 layers x 192 wide (1.8M
+# The distillation experiment's teacher (experiments/distill_experiment.py): 4 layers x 192 wide (1.8M
 # parameters), character-level tiny shakespeare. Prepare the data first:
 #   python data/shakespeare_char/prepare.py --input ../shared/data/tinyshakespeare/input.txt
 #   python train.py configs/distill_teacher.py          # ~4 minutes on 2 CPU cores

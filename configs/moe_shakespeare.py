@@ -1,4 +1,4 @@
-# The MoE experiment's model (moe_experiment.py): nanoGPT's CPU recipe for character-level
+# The MoE experiment's model (experiments/moe_experiment.py): nanoGPT's CPU recipe for character-level
 # tiny shakespeare (configs/shakespeare_char_cpu.py) with every feed-forward an MoE of 8
 # experts, top-2, each expert half the dense MLP's width: the same active parameters per
 # token as the dense model, 4x its feed-forward parameters. Prepare the data first:

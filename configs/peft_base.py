@@ -1,4 +1,4 @@
-# The base model of the PEFT experiment (peft_experiment.py): a small character-level GPT
+# The base model of the PEFT experiment (experiments/peft_experiment.py): a small character-level GPT
 # pretrained on tiny shakespeare without two characters' speeches (GLOUCESTER, JULIET),
 # which are then the fine-tuning targets. Prepare the data first:
 #   python data/shakespeare_char/prepare.py --hold_out GLOUCESTER,JULIET

@@ -1,5 +1,5 @@
 # Fine-tune the PEFT experiment's base (configs/peft_base.py) on GLOUCESTER's speeches.
-# The method and its settings come from the command line; peft_experiment.py runs them all:
+# The method and its settings come from the command line; experiments/peft_experiment.py runs them all:
 #   python train.py configs/peft_finetune.py --peft=lora --lora_r=8 --learning_rate=3e-3 --out_dir=out-peft/lora-r8-qv
 #   python train.py configs/peft_finetune.py --peft=none --learning_rate=3e-4 --out_dir=out-peft/full
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import train
+from config import load_config
+from errors import UserError
 from conftest import REPO, TINY
 
 COMMON = ["--gradient_accumulation_steps=2", "--eval_interval=3", "--eval_iters=2", "--log_interval=1",
@@ -77,6 +79,6 @@ def test_ddp_resume_continues_exactly(tmp_path, char_dataset):
 
 def test_accumulation_the_processes_cannot_share_is_an_error(tmp_path, char_dataset, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    tc, mc, pc = train.load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path}", "--max_iters=1"])
-    with pytest.raises(train.UserError, match=r"gradient_accumulation_steps=1 must be a multiple of the 2 processes"):
-        train.train(tc, mc, pc)
+    cfg = load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path}", "--max_iters=1"])
+    with pytest.raises(UserError, match=r"gradient_accumulation_steps=1 must be a multiple of the 2 processes"):
+        train.train(cfg)

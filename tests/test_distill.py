@@ -12,8 +12,12 @@ import torch
 
 import distill
 import train
+from batches import RandomWindows, load_dataset
+from config import load_config
 from conftest import TINY
 from distill import kd_loss, kd_loss_topk
+from errors import UserError
+from step import forward_backward
 
 
 def logits_pair(seed=0, shape=(3, 5, 11)):
@@ -111,8 +115,7 @@ def test_topk_with_the_other_bucket_is_the_collapsed_distribution_and_exact_for_
 
 
 def run(args, out_dir, dataset):
-    tc, mc, pc = train.load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}", "--eval_iters=2"] + args)
-    return train.train(tc, mc, pc)
+    return train.train(load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}", "--eval_iters=2"] + args))
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,7 @@ def train_rows(out):
 
 def test_teacher_gets_no_gradients_and_stays_unchanged(teacher_run, char_dataset, tmp_path):
     before = torch.load(os.path.join(teacher_run, "ckpt.pt"), weights_only=True)["model"]
-    _, _, meta = train.load_dataset(char_dataset)
+    _, _, meta = load_dataset(char_dataset)
     teacher, _ = distill.load_teacher(teacher_run, meta)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     run(["--max_iters=4", "--eval_interval=4", f"--teacher={teacher_run}", "--kd_alpha=0.9", "--kd_temperature=2"],
@@ -154,7 +157,7 @@ def test_teacher_gets_no_gradients_and_stays_unchanged(teacher_run, char_dataset
 
 
 def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_dataset, tmp_path):
-    data, _, meta = train.load_dataset(char_dataset)
+    data, _, meta = load_dataset(char_dataset)
     cache_dir = str(tmp_path / "cache")
     m = distill.build_cache(teacher_run, data, meta, cache_dir, k=meta["vocab_size"], batch_size=7)
     teacher, _ = distill.load_teacher(teacher_run, meta)
@@ -175,7 +178,7 @@ def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_d
     row = run([f"--soft_labels={cache_dir}", "--kd_alpha=0.5", "--kd_top_k=8", "--max_iters=3", "--eval_interval=3"],
               str(tmp_path / "student"), char_dataset)
     assert np.isfinite(row["val_loss"])
-    with pytest.raises(train.UserError, match="holds windows of 16 tokens; train the student with block_size=16"):
+    with pytest.raises(UserError, match="holds windows of 16 tokens; train the student with block_size=16"):
         run([f"--soft_labels={cache_dir}", "--kd_alpha=0.5", "--block_size=8", "--max_iters=1"],
             str(tmp_path / "bad"), char_dataset)
 
@@ -183,7 +186,7 @@ def test_cache_lines_up_with_the_students_batches_and_trains(teacher_run, char_d
 def test_cached_tail_mass_equals_the_teachers_at_every_k(teacher_run, char_dataset, tmp_path):
     """The bucket's tail from a k = 8 cache (stored tail.f32) and from a full cache cut to
     k = 8 (its cached logits past 8) both equal the teacher's own mass outside its top 8."""
-    data, _, meta = train.load_dataset(char_dataset)
+    data, _, meta = load_dataset(char_dataset)
     V = meta["vocab_size"]
     small = distill.build_cache(teacher_run, data, meta, str(tmp_path / "k8"), k=8, tail_temperatures=[1, 2])
     distill.build_cache(teacher_run, data, meta, str(tmp_path / "all"), k=V, tail_temperatures=[])
@@ -216,18 +219,18 @@ def test_vocabulary_mismatch_is_a_clear_error(teacher_run, tmp_path):
 
     other = str(tmp_path / "other")
     prepare_dataset("abc def ghi\n" * 500, other, tokenizer="char", verbose=False)
-    with pytest.raises(train.UserError, match=r"another vocabulary than the student's data: teacher char tokenizer "
+    with pytest.raises(UserError, match=r"another vocabulary than the student's data: teacher char tokenizer "
                                               r"with vocab_size=\d+, data char tokenizer with vocab_size=11"):
         run([f"--teacher={teacher_run}", "--kd_alpha=0.5", "--max_iters=1"], str(tmp_path / "s"), other)
 
 
 def test_kd_config_errors():
-    with pytest.raises(train.UserError, match="kd_alpha=0.5 needs soft labels"):
-        train.load_config(["--kd_alpha=0.5"])
-    with pytest.raises(train.UserError, match="give one"):
-        train.load_config(["--kd_alpha=0.5", "--teacher=a", "--soft_labels=b"])
-    with pytest.raises(train.UserError, match=r"kd_alpha=1.5 must be in \[0, 1\]"):
-        train.load_config(["--kd_alpha=1.5", "--teacher=a"])
+    with pytest.raises(UserError, match="kd_alpha=0.5 needs soft labels"):
+        load_config(["--kd_alpha=0.5"])
+    with pytest.raises(UserError, match="give one"):
+        load_config(["--kd_alpha=0.5", "--teacher=a", "--soft_labels=b"])
+    with pytest.raises(UserError, match=r"kd_alpha=1.5 must be in \[0, 1\]"):
+        load_config(["--kd_alpha=1.5", "--teacher=a"])
 
 
 @pytest.mark.parametrize("source", ["online", "cache"])
@@ -236,12 +239,12 @@ def test_the_kd_term_reaches_the_students_gradients(teacher_run, char_dataset, t
     logits, computed here directly (a KD term computed under no_grad would give zeros)."""
     from model import GPT, GPTConfig
 
-    data, _, meta = train.load_dataset(char_dataset)
-    tc = train.load_config(["--kd_alpha=1", f"--teacher={teacher_run}", "--kd_temperature=2"])[0]
+    data, _, meta = load_dataset(char_dataset)
+    kd = load_config(["--kd_alpha=1", f"--teacher={teacher_run}", "--kd_temperature=2"]).kd
     teacher_model, _ = distill.load_teacher(teacher_run, meta)
     if source == "online":
         teacher = distill.OnlineTeacher(teacher_model)
-        windows = train.RandomWindows(data, 4, 16, "cpu", 0)
+        windows = RandomWindows(data, 4, 16, "cpu", 0)
     else:
         distill.build_cache(teacher_run, data, meta, str(tmp_path / "c"), k=meta["vocab_size"])
         teacher = distill.CachedTeacher(str(tmp_path / "c"), meta, 16)
@@ -249,7 +252,7 @@ def test_the_kd_term_reaches_the_students_gradients(teacher_run, char_dataset, t
     torch.manual_seed(0)
     student = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=meta["vocab_size"]))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train.forward_backward(student, windows, torch.autocast("cpu", enabled=False), scaler, 1, teacher, tc)
+    forward_backward(student, windows, torch.autocast("cpu", enabled=False), scaler, 1, teacher, kd)
     got = {n: p.grad.clone() for n, p in student.named_parameters()}
     student.zero_grad()
     windows.generator.manual_seed(0)

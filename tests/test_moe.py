@@ -217,9 +217,10 @@ def test_gpt_with_moe_checkpointed_equals_plain_with_dropout():
 
 
 def test_an_inference_forward_between_training_steps_changes_nothing():
-    from train import load_config, make_optimizer
+    from config import load_config
+    from step import make_optimizer
 
-    tc = load_config(["--learning_rate=1e-2", "--warmup_iters=0"])[0]
+    tc = load_config(["--learning_rate=1e-2", "--warmup_iters=0"]).train
     losses = []
     for with_eval in (False, True):
         model = moe_gpt(moe_noisy=True)
@@ -247,13 +248,14 @@ def test_moe_training_logs_routing_and_resumes_exactly(char_dataset, tmp_path):
     import os
 
     import train
+    from config import load_config
     from conftest import TINY
 
     def run(args, out):
-        tc, mc, pc = train.load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={out}", "--eval_iters=2",
+        cfg = load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={out}", "--eval_iters=2",
                                                "--moe_num_experts=4", "--moe_top_k=2", "--log_interval=1",
                                                "--lr_decay_iters=8"] + args)
-        return train.train(tc, mc, pc)
+        return train.train(cfg)
 
     run(["--max_iters=8", "--eval_interval=4"], tmp_path / "straight")
     run(["--max_iters=4", "--eval_interval=4"], tmp_path / "split")

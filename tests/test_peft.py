@@ -12,7 +12,10 @@ import torch
 
 import sample
 import train
+from checkpoint import file_sha256, read_checkpoint, restore_model, save_checkpoint
+from config import load_config
 from conftest import TINY
+from errors import UserError
 from export import export_merged
 from model import GPT, GPTConfig
 from peft import (
@@ -28,7 +31,7 @@ from peft import (
     trainable_summary,
     unmerge_lora,
 )
-from train import UserError, load_config, make_optimizer, read_checkpoint
+from step import make_optimizer
 
 METHODS = {
     "lora_qv": lambda m: apply_lora(m, "c_attn[q,v]", r=4, alpha=8),
@@ -173,7 +176,7 @@ def test_only_peft_parameters_get_gradients_and_optimizer_state(method):
             assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert not p.requires_grad and p.grad is None, name
-    tc, _, _ = load_config([])
+    tc = load_config([]).train
     opt = make_optimizer(model, tc)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == peft_ids
 
@@ -238,8 +241,7 @@ def test_merged_state_dict_loads_into_a_bare_gpt_and_refuses_adapters():
 
 
 def run(args, out_dir, dataset):
-    tc, mc, pc = load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}", "--eval_iters=2"] + args)
-    return train.train(tc, mc, pc)
+    return train.train(load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}", "--eval_iters=2"] + args))
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +272,12 @@ def test_peft_run_keeps_the_base_bit_identical_and_saves_only_peft_tensors(base_
     finetune(base_run, char_dataset, out, args)
     assert all(torch.equal(before[k], v) for k, v in base_weights(base_run).items())  # the file is untouched
     ckpt = read_checkpoint(os.path.join(out, "ckpt.pt"))
-    model = train.restore_model(ckpt, "test")
+    model = restore_model(ckpt, "test")
     names = set(peft_parameters(model))
     assert set(ckpt["model"]) == names
     # the optimizer state covers exactly the PEFT tensors
     assert len(ckpt["optimizer"]["state"]) == len(names)
-    assert ckpt["peft_base"]["sha256"] == train.file_sha256(os.path.join(base_run, "ckpt.pt"))
+    assert ckpt["peft_base"]["sha256"] == file_sha256(os.path.join(base_run, "ckpt.pt"))
     # every non-PEFT weight of the fine-tuned model is the base's, bit for bit; PEFT ones moved
     state = model.state_dict()
     for k, v in state.items():
@@ -378,7 +380,7 @@ def test_a_changed_base_is_refused(base_run, char_dataset, tmp_path):
     finetune(base_copy, char_dataset, out, ["--peft=lora"], iters=2)
     ckpt = read_checkpoint(os.path.join(base_copy, "ckpt.pt"))
     ckpt["model"]["lm_head.weight"].add_(1e-3)
-    train.save_checkpoint(ckpt, os.path.join(base_copy, "ckpt.pt"))
+    save_checkpoint(ckpt, os.path.join(base_copy, "ckpt.pt"))
     with pytest.raises(UserError, match="has changed since the PEFT run was trained on it"):
         sample.load_model(out)
     os.remove(os.path.join(base_copy, "ckpt.pt"))

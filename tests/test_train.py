@@ -11,15 +11,19 @@ import sys
 import pytest
 import torch
 
+import checkpoint
+import config
+import model
 import train
+from config import TrainConfig, load_config
 from conftest import REPO, TINY
-from train import TrainConfig, UserError, get_lr, load_config
+from errors import UserError
+from step import get_lr
 
 
 def run_train(args, out_dir, dataset):
     """Train in this process; returns the final eval row."""
-    tc, mc, pc = load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}"] + args)
-    return train.train(tc, mc, pc)
+    return train.train(load_config(TINY + [f"--dataset={dataset}", f"--out_dir={out_dir}"] + args))
 
 
 def run_train_subprocess(args, out_dir, dataset):
@@ -74,7 +78,7 @@ def test_wrong_types_name_key_type_and_value(tmp_path):
 def test_values_convert_and_override_in_order(tmp_path):
     cfg = tmp_path / "c.py"
     cfg.write_text("learning_rate = 1\nbatch_size = 8\nout_dir = 'a'\n")
-    tc, mc, pc = load_config([str(cfg), "--batch_size=3", "--out_dir=123", "--bias=True", "--n_layer=3"])
+    tc, mc, pc, kc = load_config([str(cfg), "--batch_size=3", "--out_dir=123", "--bias=True", "--n_layer=3"])
     assert tc.learning_rate == 1.0 and isinstance(tc.learning_rate, float)
     assert tc.batch_size == 3 and tc.out_dir == "123" and mc.bias is True and mc.n_layer == 3
     assert tc.max_iters == TrainConfig.max_iters  # untouched keys keep the dataclass default
@@ -102,7 +106,7 @@ def test_resume_errors(tmp_path, char_dataset):
     with pytest.raises(UserError, match="n_layer=3 differs from the checkpoint's n_layer=2"):
         load_config(["--init_from=resume", f"--out_dir={out}", "--n_layer=3"])
     # resume takes the run's own config as its base: nothing else needs repeating
-    tc, mc, pc = load_config(["--init_from=resume", f"--out_dir={out}"])
+    tc, mc, pc, kc = load_config(["--init_from=resume", f"--out_dir={out}"])
     assert (tc.max_iters, tc.dataset, mc.n_embd) == (2, char_dataset, 32)
 
 
@@ -224,7 +228,7 @@ def test_checkpoint_holds_plain_keys_config_and_tokenizer(tmp_path, char_dataset
 
 def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    train.save_checkpoint({"w": torch.arange(3)}, path)
+    checkpoint.save_checkpoint({"w": torch.arange(3)}, path)
 
     def broken_save(obj, f):
         f.write(b"half a checkpoint")
@@ -232,8 +236,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, monk
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        train.save_checkpoint({"w": torch.arange(5)}, path)
-    assert torch.equal(train.read_checkpoint(path)["w"], torch.arange(3))
+        checkpoint.save_checkpoint({"w": torch.arange(5)}, path)
+    assert torch.equal(checkpoint.read_checkpoint(path)["w"], torch.arange(3))
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
 
 
@@ -251,13 +255,13 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"model": RunsCode(marker)}, f, protocol=2)
     with pytest.raises(UserError, match="refusing to load"):
-        train.read_checkpoint(path)
+        checkpoint.read_checkpoint(path)
     assert not os.path.exists(marker)
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, char_dataset, monkeypatch):
     out = str(tmp_path / "run")
-    real_forward = train.GPT.forward
+    real_forward = model.GPT.forward
     calls = {"forward": 0, "step": 0}
 
     def forward(self, idx, targets=None):
@@ -274,7 +278,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, char_dataset,
         calls["step"] += 1
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(train.GPT, "forward", forward)
+    monkeypatch.setattr(model.GPT, "forward", forward)
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     with pytest.raises(train.NonFiniteLossError, match="loss is nan at iter 3: stopped before the optimizer step"):
         run_train(["--max_iters=10", "--eval_iters=1", "--eval_interval=2"], out, char_dataset)
@@ -331,7 +335,7 @@ def test_sample_from_checkpoint_is_deterministic(tmp_path, char_dataset, capsys)
 def test_every_shipped_config_loads(name):
     path = os.path.join(REPO, "configs", name)
     args = [path, "--device=cpu", "--dtype=float32"]
-    if train.read_config_file(path).get("init_from", "scratch") not in ("scratch", "resume"):
+    if config.read_config_file(path).get("init_from", "scratch") not in ("scratch", "resume"):
         args.append("--init_from=scratch")  # a fine-tune config: its base run does not exist in a clean checkout
     load_config(args)
 
@@ -339,7 +343,7 @@ def test_every_shipped_config_loads(name):
 def test_readme_documents_every_config_key():
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
-    missing = [k for k in train.FIELD_TYPES if f"`{k}`" not in readme]
+    missing = [k for k in config.FIELD_TYPES if f"`{k}`" not in readme]
     assert not missing, f"README's config table lacks {missing}"
 
 

@@ -19,7 +19,7 @@ larger vocabulary leaves many tokens seen a handful of times and spends model
 parameters on embedding rows; 2048 is also a multiple of 64 (GPU friendly).
 
 --hold_out NAME,NAME splits the play text by speaker, for fine-tuning on one character's
-voice (peft_experiment.py): data/shakespeare_voices/base gets every speech except those
+voice (experiments/peft_experiment.py): data/shakespeare_voices/base gets every speech except those
 characters', and data/shakespeare_voices/<name> each held-out character's own speeches
 (each split 90/10 as above). A speech is a block of lines after a blank line whose first
 line is "NAME:". All of them share one character vocabulary, taken from the whole text,

@@ -3,9 +3,9 @@ The MoE experiment as one table and one plot: on character-level tiny shakespear
 model against MoE models with the same active parameters per token, the same steps and the
 same data order.
 
-    python moe_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
-    python moe_experiment.py --rows dense,top2        # some rows only (finished runs are reused)
-    python moe_experiment.py --fresh                  # delete out-moe/ and run everything again
+    python experiments/moe_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
+    python experiments/moe_experiment.py --rows dense,top2        # some rows only (finished runs are reused)
+    python experiments/moe_experiment.py --fresh                  # delete out-moe/ and run everything again
 
 Rows (configs/moe_shakespeare.py plus the row's keys, each run in its own process):
   dense            moe_num_experts=0: the 4-layer, 128-wide CPU recipe model
@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 
-from experiment import REPO, parse_args, pyplot, read_json, read_metrics, train_run
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run
 
 ROOT = os.path.join(REPO, "out-moe")
 CONFIG = "configs/moe_shakespeare.py"
@@ -121,7 +121,7 @@ def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "moe_load.png"))
     t0 = time.perf_counter()
     for name in rows:
-        train_run(name, os.path.join(ROOT, name), ROWS[name], CONFIG)
+        train_run(name, os.path.join(ROOT, name), ROWS[name], CONFIG, args.dtype)
     dense_time = None
     if "dense" in rows:
         dense_time = read_metrics(os.path.join(ROOT, "dense"))[-1]["time"]

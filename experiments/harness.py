@@ -1,8 +1,16 @@
 """
-Helpers shared by the experiment scripts (peft_experiment.py, moe_experiment.py,
-distill_experiment.py): run train.py in a process of its own, with its output in a log
-file, its peak memory measured by the OS, and a finished run reused on the next
-invocation. Does no work at import.
+The harness every experiment script in this folder shares: run train.py in a process of
+its own, with its output in a log file and its peak memory measured by the OS, reuse a
+finished run on the next invocation, and give every script the same command line.
+
+    from harness import REPO, parse_args, train_run
+    train_run("dense", "out-moe/dense", ["--moe_num_experts=0"], "configs/moe_shakespeare.py")
+
+An experiment script is named <technique>_experiment.py: never a core module's name, since
+a script run as `python experiments/x.py` puts this folder first on sys.path, and an
+experiments/peft.py would then stand in for the repo's peft.py. Its one side effect at
+import: the repo root goes on sys.path, so that the scripts can read checkpoints and
+evaluate with the core modules (checkpoint, batches, step, ...).
 """
 
 import json
@@ -12,7 +20,9 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 
 def run_logged(cmd, log_path):
@@ -30,21 +40,26 @@ def run_logged(cmd, log_path):
     return time.perf_counter() - t0, usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def finished(out_dir):
-    """True if out_dir holds a run that train_run completed (run.json is written last)."""
-    return os.path.exists(os.path.join(out_dir, "run.json")) and os.path.exists(os.path.join(out_dir, "ckpt.pt"))
+def finished(out_dir, cmd=None):
+    """True if out_dir holds a run that train_run completed (run.json is written last),
+    with the same command when cmd is given."""
+    done = os.path.exists(os.path.join(out_dir, "run.json")) and os.path.exists(os.path.join(out_dir, "ckpt.pt"))
+    return done and (cmd is None or read_json(os.path.join(out_dir, "run.json"))["cmd"] == cmd[1:])
 
 
-def train_run(name, out_dir, args, config):
-    """python train.py config *args --out_dir=out_dir, unless out_dir already holds the
-    finished run; records its wall time and peak RSS in out_dir/run.json."""
-    if finished(out_dir):
+def train_run(name, out_dir, args, config, dtype="auto"):
+    """python train.py config *args --out_dir=out_dir, unless out_dir already holds this
+    finished run; records its wall time and peak RSS in out_dir/run.json. dtype other than
+    'auto' is passed on (--dtype=float32 reproduces the README's fp32 figures on a CPU
+    where auto picks bf16)."""
+    cmd = [sys.executable, "train.py", config, *args, f"--out_dir={out_dir}", "--progress=False"]
+    cmd += [f"--dtype={dtype}"] if dtype != "auto" else []
+    if finished(out_dir, cmd):
         print(f"{name}: reusing {os.path.relpath(out_dir, REPO)}")
         return
     print(f"{name}: training -> {os.path.relpath(out_dir, REPO)}", flush=True)
-    shutil.rmtree(out_dir, ignore_errors=True)  # a half-finished run starts over
+    shutil.rmtree(out_dir, ignore_errors=True)  # a half-finished (or other) run starts over
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    cmd = [sys.executable, "train.py", config, *args, f"--out_dir={out_dir}", "--progress=False"]
     wall, rss = run_logged(cmd, out_dir + ".log")
     with open(os.path.join(out_dir, "run.json"), "w") as f:
         json.dump({"wall_s": wall, "peak_rss_mib": rss, "cmd": cmd[1:]}, f, indent=1)
@@ -62,7 +77,7 @@ def read_metrics(out_dir):
 
 def parse_args(argv, doc, rows, root, plot=None, groups=None):
     """The command line every experiment script shares: --input, --rows, --fresh (delete
-    root first) and --plot. groups names lists of rows that --rows may use as one name
+    root first), --dtype and --plot. groups names lists of rows that --rows may use as one name
     ("default", if there, is what --rows defaults to; otherwise every row). Prepares
     data/shakespeare_char from --input if it is missing. Returns (args, the chosen row names)."""
     import argparse
@@ -74,6 +89,7 @@ def parse_args(argv, doc, rows, root, plot=None, groups=None):
     p.add_argument("--rows", default="default" if "default" in groups else ",".join(rows),
                    help=f"comma-separated rows or groups from: {names}")
     p.add_argument("--fresh", action="store_true", help=f"delete {os.path.relpath(root, REPO)}/ first")
+    add_dtype_argument(p)
     if plot:
         p.add_argument("--plot", default=plot, help="where the PNG goes (needs matplotlib)")
     args = p.parse_args(argv)
@@ -89,6 +105,11 @@ def parse_args(argv, doc, rows, root, plot=None, groups=None):
         cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--input", args.input] if args.input else [])
         subprocess.run(cmd, cwd=REPO, check=True)
     return args, chosen
+
+
+def add_dtype_argument(p):
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="train.py's dtype for every run (the README's tables: float32)")
 
 
 def pyplot():

@@ -4,10 +4,10 @@ without GLOUCESTER's and JULIET's speeches, then fine-tune it on GLOUCESTER's ow
 (36.5k characters; "personalization") with no fine-tuning, full fine-tuning, LoRA (r = 2,
 8, 32; on q,v or on every linear layer), adapters (2 sizes) and BitFit.
 
-    python peft_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
-    python peft_experiment.py --rows full,lora-r8-qv       # some rows only (the base is reused)
-    python peft_experiment.py --fresh                      # delete out-peft/ and run everything again
-    python peft_experiment.py --lr_scan                    # how the learning rates below were chosen (~10 min)
+    python experiments/peft_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
+    python experiments/peft_experiment.py --rows full,lora-r8-qv       # some rows only (the base is reused)
+    python experiments/peft_experiment.py --fresh                      # delete out-peft/ and run everything again
+    python experiments/peft_experiment.py --lr_scan                    # how the learning rates below were chosen (~10 min)
 
 Steps, each skipped when its result is already in out-peft/:
   1. data      data/shakespeare_voices/{base,gloucester,juliet} (prepare.py --hold_out)
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from experiment import REPO, read_json, read_metrics, train_run
+from harness import REPO, add_dtype_argument, read_json, read_metrics, train_run
 
 ROOT = os.path.join(REPO, "out-peft")
 BASE = os.path.join(ROOT, "base")
@@ -70,13 +70,15 @@ def evaluate(run_dir, dataset, eval_iters, batch_size):
     evaluation batches (so it matches the eval rows of metrics.jsonl)."""
     import torch
 
-    import train
+    from batches import load_dataset
+    from checkpoint import read_checkpoint, restore_model
+    from step import estimate_loss
 
-    ckpt = train.read_checkpoint(os.path.join(run_dir, "ckpt.pt"))
-    model = train.restore_model(ckpt, "peft_experiment.py")
-    _, val, _ = train.load_dataset(dataset)
-    losses = train.estimate_loss(model, {"val": val}, batch_size, model.config.block_size, eval_iters, "cpu",
-                                 torch.autocast("cpu", enabled=False), ckpt["config"]["seed"])
+    ckpt = read_checkpoint(os.path.join(run_dir, "ckpt.pt"))
+    model = restore_model(ckpt, "peft_experiment.py")
+    _, val, _ = load_dataset(dataset)
+    losses = estimate_loss(model, {"val": val}, batch_size, model.config.block_size, eval_iters, "cpu",
+                           torch.autocast("cpu", enabled=False), ckpt["config"]["seed"])
     return losses["val"]
 
 
@@ -106,11 +108,9 @@ def row_result(name, out_dir, ft_config):
 
 def base_row(ft_config):
     """The 'no fine-tuning' row: the base model evaluated on the target."""
-    import torch
+    from checkpoint import read_checkpoint
 
-    import train
-
-    ckpt = train.read_checkpoint(os.path.join(BASE, "ckpt.pt"))
+    ckpt = read_checkpoint(os.path.join(BASE, "ckpt.pt"))
     cost = read_json(os.path.join(BASE, "run.json"))
     return {
         "row": "none",
@@ -164,14 +164,14 @@ def check_merged_export(run_dir):
     return texts[0] == texts[1], texts[0][0]
 
 
-def lr_scan():
+def lr_scan(dtype):
     """Train each SCAN row at each of its learning rates; print the best target val loss of each."""
     for name, rates in SCAN.items():
         best = {}
         for lr in rates:
             out_dir = os.path.join(ROOT, "scan", f"{name}-lr{lr:g}")
             args = [a for a in ROWS[name] if not a.startswith("--learning_rate=")] + [f"--learning_rate={lr:g}"]
-            train_run(f"{name} lr={lr:g}", out_dir, args, "configs/peft_finetune.py")
+            train_run(f"{name} lr={lr:g}", out_dir, args, "configs/peft_finetune.py", dtype)
             best[lr] = min(r.get("val_loss", float("inf")) for r in read_metrics(out_dir))
         print(f"{name}: " + ", ".join(f"lr={lr:g}: {v:.4f}" for lr, v in best.items())
               + f" -> best lr={min(best, key=best.get):g}", flush=True)
@@ -183,6 +183,7 @@ def main(argv=None):
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows from: {', '.join(ROWS)}")
     p.add_argument("--fresh", action="store_true", help="delete out-peft/ first and run everything")
     p.add_argument("--lr_scan", action="store_true", help="only the learning-rate scan (after data and base)")
+    add_dtype_argument(p)
     args = p.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -200,11 +201,10 @@ def main(argv=None):
         subprocess.run(cmd + (["--input", args.input] if args.input else []), cwd=REPO, check=True)
 
     # 2. the base, 3. the rows
-    train_run("base", BASE, [], "configs/peft_base.py")
+    train_run("base", BASE, [], "configs/peft_base.py", args.dtype)
     if args.lr_scan:
-        return lr_scan()
-    sys.path.insert(0, REPO)
-    from train import read_config_file
+        return lr_scan(args.dtype)
+    from config import read_config_file
 
     ft_config = read_config_file(os.path.join(REPO, "configs", "peft_finetune.py"))
     results = []
@@ -213,7 +213,7 @@ def main(argv=None):
             results.append(base_row(ft_config))
             continue
         out_dir = os.path.join(ROOT, name)
-        train_run(name, out_dir, ROWS[name], "configs/peft_finetune.py")
+        train_run(name, out_dir, ROWS[name], "configs/peft_finetune.py", args.dtype)
         results.append(row_result(name, out_dir, ft_config))
 
     # 4. checks: the merged export, and two voices on one base
@@ -222,7 +222,8 @@ def main(argv=None):
         same, text = check_merged_export(os.path.join(ROOT, "lora-r8-qv"))
         checks["merged_export_same_tokens"] = same
         checks["gloucester_sample"] = text
-        train_run("lora-juliet", os.path.join(ROOT, "lora-juliet"), JULIET, "configs/peft_finetune.py")
+        train_run("lora-juliet", os.path.join(ROOT, "lora-juliet"), JULIET, "configs/peft_finetune.py",
+                  args.dtype)
         cmd = [sys.executable, "sample.py", "--adapters=out-peft/lora-r8-qv,out-peft/lora-juliet",
                "--start=\n", "--num_samples=1", "--max_new_tokens=300", "--seed=7"]
         checks["adapters_sample"] = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout

@@ -4,10 +4,10 @@ The distillation experiment as one table and one plot: a 1.8M-parameter teacher,
 with an online teacher at several temperatures and weights, from the teacher's soft-label
 caches at several k with both tail handlings, and KD followed by a hard-label fine-tune.
 
-    python distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~20 min on 2 CPU cores
-    python distill_experiment.py --rows seeds    # hard, online and cached k=32 at two more seeds (~8 min more)
-    python distill_experiment.py --rows hard,online-T2-a0.5     # some rows only (finished runs are reused)
-    python distill_experiment.py --fresh                        # delete out-distill/ first
+    python experiments/distill_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~20 min on 2 CPU cores
+    python experiments/distill_experiment.py --rows seeds    # hard, online and cached k=32 at two more seeds (~8 min more)
+    python experiments/distill_experiment.py --rows hard,online-T2-a0.5     # some rows only (finished runs are reused)
+    python experiments/distill_experiment.py --fresh                        # delete out-distill/ first
 
 The pipeline, as commands (each row below is one of them):
   1. python train.py configs/distill_teacher.py                               -> out-distill/teacher
@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from experiment import REPO, parse_args, pyplot, read_json, read_metrics, run_logged, train_run
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, run_logged, train_run
 
 ROOT = os.path.join(REPO, "out-distill")
 TEACHER = os.path.join(ROOT, "teacher")
@@ -151,13 +151,13 @@ def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "distill_val.png"),
                             groups=GROUPS)
     t0 = time.perf_counter()
-    train_run("teacher", TEACHER, *reversed(ROWS["teacher"]))
+    train_run("teacher", TEACHER, *reversed(ROWS["teacher"]), args.dtype)
     caches = sorted({k for r in rows for k, path in CACHES.items() if f"--soft_labels={path}" in ROWS[r][1]})
     costs = [make_cache(k) for k in caches]
     for name in rows:
         if name != "teacher":
             config, extra = ROWS[name]
-            train_run(name, os.path.join(ROOT, name), extra, config)
+            train_run(name, os.path.join(ROOT, name), extra, config, args.dtype)
     results = [summarize(n, os.path.join(ROOT, n)) for n in rows]
     md = table(results)
     print()

@@ -1,0 +1,330 @@
+"""
+The config language of train.py: which keys exist, their types, defaults and domains, and
+how a run's settings are put together and checked before any work is done.
+
+    from config import load_config
+    cfg = load_config(["configs/quickstart.py", "--max_iters=100"])   # Config(train, model, peft, kd)
+    cfg.train.max_iters, cfg.model.n_layer, cfg.peft.peft, cfg.kd.kd_alpha
+
+A config file is Python whose top-level assignments set keys (names starting with "_" are
+private helpers); `--key=value` on the command line overrides it. The keys are one flat
+space, the fields of four dataclasses, each the single source of its defaults:
+
+    TrainConfig (below)   the loop: I/O, data, AdamW, LR schedule, system, seed
+    model.GPTConfig       the architecture (but vocab_size, which comes from the dataset)
+    peft.PEFTConfig       LoRA, adapters, BitFit
+    distill.KDConfig      knowledge distillation
+
+An unknown key is an error naming the closest known one; a value of the wrong type names
+the key, the type and the value; a value outside its key's domain (checked in each
+dataclass's __post_init__, a NaN included) or an impossible combination (validate) names
+what would be right. train.py prints any of them as one line and exits with code 2.
+Precedence: defaults <- [the checkpoint's config, on resume] <- files <- --key=value.
+"""
+
+import difflib
+import inspect
+import math
+import os
+import typing
+from ast import literal_eval
+from dataclasses import dataclass, fields
+from typing import Literal, NamedTuple
+
+import torch
+
+from checkpoint import read_checkpoint
+from distill import KDConfig
+from errors import UserError
+from model import GPTConfig
+from peft import PEFTConfig
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"  # where config.json, metrics.jsonl and ckpt.pt go
+    init_from: str = "scratch"  # 'scratch', 'resume' (out_dir's ckpt.pt), or a run folder to fine-tune from
+    eval_interval: int = 250  # evaluate and checkpoint every this many optimizer steps (and at the end)
+    eval_iters: int = 200  # batches per split in each evaluation
+    log_interval: int = 10  # a metrics.jsonl training row every this many steps
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # False: save at an eval only when val loss improves
+    progress: bool = True  # tqdm progress bar (off: a printed line per eval)
+    # data
+    dataset: str = "shakespeare_char"  # a folder under data/, or a path, with train.bin, val.bin, meta.json
+    batch_size: int = 12  # sequences per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (under torchrun: over all processes)
+    # AdamW
+    learning_rate: float = 6e-4  # peak learning rate
+    max_iters: int = 5000  # optimizer steps in total
+    weight_decay: float = 0.1  # on matrices only (see step.make_optimizer)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
+    # learning-rate schedule (see step.get_lr)
+    lr_schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    warmup_iters: int = 100  # linear warmup from ~0 to learning_rate
+    lr_decay_iters: int = 0  # the schedule ends (at min_lr) here; 0 = max_iters
+    min_lr: float = 6e-5  # learning rate at the end of the decay
+    decay_frac: float = 0.2  # wsd: the decay takes this last fraction of the schedule
+    # system
+    device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see system.py
+    compile: bool = False  # torch.compile the model (for CUDA; on CPU compiling takes minutes)
+    seed: int = 1337  # seeds weights, dropout and the batch sampler
+
+    def __post_init__(self):
+        # each check reads "not (inside the domain)", so that a NaN fails it too
+        for key in ("out_dir", "init_from", "dataset"):
+            if not getattr(self, key):
+                raise ValueError(f"{key} is empty; give a folder")
+        for key in ("eval_interval", "eval_iters", "log_interval", "batch_size", "gradient_accumulation_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
+        for key in ("max_iters", "warmup_iters", "lr_decay_iters", "grad_clip", "weight_decay", "min_lr"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"min_lr={self.min_lr} is above learning_rate={self.learning_rate}")
+        if not self.learning_rate * self.weight_decay < 1:
+            # AdamW's decoupled decay multiplies every matrix by (1 - lr * wd) each step
+            raise ValueError(f"learning_rate * weight_decay = {self.learning_rate * self.weight_decay:g} must be < 1: "
+                             f"each step multiplies the weights by 1 - learning_rate * weight_decay; lower either")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise ValueError(f"decay_frac={self.decay_frac} must be in (0, 1]")
+        if not -(2**63) <= self.seed < 2**63:
+            raise ValueError(f"seed={self.seed} must be in [-2**63, 2**63) (torch's generators take 64 bits)")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device='{self.device}': use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class Config(NamedTuple):
+    """A run's settings, one dataclass per concern."""
+
+    train: TrainConfig
+    model: GPTConfig
+    peft: PEFTConfig
+    kd: KDConfig
+
+    def as_dict(self):
+        """The flat key space as one dict (what config.json and a checkpoint's "config" hold)."""
+        out = {}
+        for section in (self.train, self.kd, self.model, self.peft):
+            out.update({f.name: getattr(section, f.name) for f in fields(section)})
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# the key space: defaults (the dataclasses) <- [the checkpoint's config on resume] <- files <- CLI
+
+# section -> its keys; vocab_size is not a key: it comes from the dataset
+SECTION_KEYS = {
+    "train": [f.name for f in fields(TrainConfig)],
+    "model": [f.name for f in fields(GPTConfig) if f.name != "vocab_size"],
+    "peft": [f.name for f in fields(PEFTConfig)],
+    "kd": [f.name for f in fields(KDConfig)],
+}
+SECTION_CLASSES = {"train": TrainConfig, "model": GPTConfig, "peft": PEFTConfig, "kd": KDConfig}
+FIELD_TYPES = {f.name: f.type for cls in (TrainConfig, KDConfig, PEFTConfig, GPTConfig) for f in fields(cls)
+               if f.name != "vocab_size"}
+PEFT_KEYS = SECTION_KEYS["peft"]
+# keys that must equal the checkpoint's when resuming or fine-tuning (the weights' shapes)
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"]
+# PEFT keys that shape a PEFT run's tensors: fixed once the run has started
+PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_targets", "adapter_size", "adapter_targets", "bitfit_layernorm"]
+# the keys that only matter to one PEFT method
+PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
+# keys that describe this machine, never carried over from a checkpoint's config
+SYSTEM_KEYS = ["device", "dtype", "compile"]
+
+
+def _type_name(tp):
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return "a finite float" if tp is float else tp.__name__
+
+
+def check_value(key, value, from_cli=False):
+    """Return value converted to key's declared type, or raise UserError naming the key,
+    the expected type and the value given. From the CLI, value is the raw string."""
+    if key not in FIELD_TYPES:
+        close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown config key '{key}'{hint}")
+    tp = FIELD_TYPES[key]
+    if from_cli:
+        if tp is str or typing.get_origin(tp) is Literal:
+            given = value  # strings are taken as typed: --out_dir=123 is the folder "123"
+        else:
+            try:
+                given = literal_eval(value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                given = value
+            if tp is bool and isinstance(given, str) and given.lower() in ("true", "false"):
+                given = given.lower() == "true"
+    else:
+        given = value
+    ok = False
+    if typing.get_origin(tp) is Literal:
+        ok = given in typing.get_args(tp)
+    elif tp is bool:
+        ok = isinstance(given, bool)
+    elif tp is int:
+        ok = isinstance(given, int) and not isinstance(given, bool)
+    elif tp is float:
+        ok = isinstance(given, (int, float)) and not isinstance(given, bool)
+        try:
+            given = float(given) if ok else given
+        except OverflowError:  # an int beyond the float range
+            ok = False
+        ok = ok and math.isfinite(given)  # NaN and inf are no setting of any key
+    elif tp is str:
+        ok = isinstance(given, str)
+    if not ok:
+        raise UserError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    return given
+
+
+def read_config_file(path):
+    """The key = value assignments of a config file, checked; names starting with '_'
+    and imported modules are ignored."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file '{path}' not found (arguments are CONFIG.py and --key=value)")
+    namespace = {}
+    with open(path) as f:
+        code = compile(f.read(), path, "exec")
+    exec(code, namespace)
+    out = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or inspect.ismodule(value):
+            continue
+        try:
+            out[key] = check_value(key, value)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+    return out
+
+
+def parse_args(argv):
+    """argv (without the program name) -> {key: value} of explicit settings, in order."""
+    overrides = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            if "=" not in arg:
+                raise UserError(f"'{arg}': write options as --key=value")
+            key, value = arg[2:].split("=", 1)
+            overrides[key] = check_value(key, value, from_cli=True)
+        else:
+            overrides.update(read_config_file(arg))
+    return overrides
+
+
+def load_config(argv):
+    """Build a Config from defaults, a resumed checkpoint's config, config files and
+    --key=value arguments, and check every value and the combination."""
+    overrides = parse_args(argv)
+    values = {}
+    init_from = overrides.get("init_from", TrainConfig.init_from)
+    out_dir = overrides.get("out_dir", TrainConfig.out_dir)
+    if init_from not in ("scratch", "") and out_dir:
+        values.update(saved_config(init_from, out_dir, overrides))
+    values.update(overrides)
+    values["init_from"], values["out_dir"] = init_from, out_dir
+    try:
+        cfg = Config(**{name: cls(**{k: v for k, v in values.items() if k in SECTION_KEYS[name]})
+                        for name, cls in SECTION_CLASSES.items()})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    validate(cfg, overrides)
+    return cfg
+
+
+def saved_config(init_from, out_dir, overrides):
+    """The keys a run takes from a checkpoint. On resume its whole config is the base, so
+    `--init_from=resume` alone continues it; a fine-tune takes the architecture of its base
+    model. Overrides that contradict the weights' shapes are errors."""
+    src = out_dir if init_from == "resume" else init_from
+    saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
+    keep = FIELD_TYPES if init_from == "resume" else ARCH_KEYS + ["block_size"]
+    fixed = ARCH_KEYS + (PEFT_SHAPE_KEYS if init_from == "resume" else [])
+    for k in fixed:
+        if k in overrides and overrides[k] != saved.get(k, getattr(PEFTConfig, k, None)):
+            raise UserError(
+                f"{k}={overrides[k]} differs from the checkpoint's {k}={saved[k]} in {src}; "
+                f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} have that shape (drop --{k})"
+            )
+    if overrides.get("block_size", 0) > saved["block_size"]:
+        raise UserError(
+            f"block_size={overrides['block_size']} is larger than the checkpoint's "
+            f"{saved['block_size']} learned positions; use block_size <= {saved['block_size']}"
+        )
+    return {k: v for k, v in saved.items() if k in keep and k not in SYSTEM_KEYS}
+
+
+# ----------------------------------------------------------------------------------------
+# combinations: what each dataclass cannot check alone
+
+
+def validate(cfg, overrides):
+    """Impossible combinations across sections and with this machine, found before any
+    work is done (each key's own domain is its dataclass's __post_init__)."""
+    tc, mc, pc = cfg.train, cfg.model, cfg.peft
+    if tc.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device='{tc.device}' but this PyTorch sees no CUDA GPU; use --device=cpu")
+    if tc.dtype == "float16" and not tc.device.startswith("cuda") and not (
+        tc.device == "auto" and torch.cuda.is_available()
+    ):
+        raise UserError("dtype='float16' needs a CUDA GPU (fp16 with a GradScaler); on CPU use bfloat16 or float32")
+    if pc.peft != "none" and tc.init_from == "scratch":
+        raise UserError(f"peft='{pc.peft}' adapts a trained model: set init_from to its run folder "
+                        f"(e.g. --init_from=out-peft-base), not 'scratch'")
+    for key in overrides:
+        for method, prefix in PEFT_METHOD_KEYS.items():
+            if key.startswith(prefix) and pc.peft != method:
+                raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
+                                f"add --peft={method} or drop --{key}")
+    if pc.peft == "lora" and pc.lora_r > mc.n_embd:
+        raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
+                        f"the layer's smaller side; use lora_r <= {mc.n_embd}")
+    if pc.peft == "adapter" and pc.adapter_size > mc.n_embd:
+        raise UserError(f"adapter_size={pc.adapter_size} is above n_embd={mc.n_embd}: an adapter is a bottleneck "
+                        f"narrower than the stream; use adapter_size <= {mc.n_embd}")
+
+
+def check_memory(cfg, vocab_size, device):
+    """Refuse a run that cannot fit in this device's memory, by a lower bound on what it
+    needs: fp32 weights (and, unless PEFT freezes them, their gradients and AdamW's two
+    moments: 16 bytes per parameter), each block's input kept for the backward pass and
+    the logits of one micro-batch. Counts only the large matrices, so it never refuses a
+    run that fits; it turns a huge key (n_layer=10**9) into one line instead of an
+    allocation failure or the kernel's OOM killer."""
+    tc, mc = cfg.train, cfg.model
+    C, L, T, B, V = mc.n_embd, mc.n_layer, mc.block_size, tc.batch_size, vocab_size
+    n_moe = L // mc.moe_every if mc.moe_num_experts > 0 else 0
+    params = V * C + T * C + L * 4 * C * C + (L - n_moe) * 8 * C * C
+    params += n_moe * mc.moe_num_experts * 2 * C * (mc.moe_hidden or max(1, 4 * C // mc.moe_top_k))
+    per_param = 16 if cfg.peft.peft == "none" else 4
+    activations = 4 * B * T * (C * L + V)
+    need = per_param * params + activations
+    if device.startswith("cuda"):
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        moe = f", moe_num_experts={mc.moe_num_experts}, moe_hidden={mc.moe_hidden}" if n_moe else ""
+        raise UserError(
+            f"this run needs at least {_readable(need / 2**30, ',.1f')} GiB ({_readable(params, ',')} parameters "
+            f"at {per_param} bytes each for n_layer={L}, n_embd={C}, block_size={T}{moe}; activations of "
+            f"batch_size={B} x block_size={T}) but {device} has {have / 2**30:,.1f} GiB; make them smaller"
+        )
+
+
+def _readable(x, fmt):
+    """x formatted with fmt, or as 1e+30 when it is astronomically large (a typo'd key)."""
+    return format(x, fmt) if x < 10**15 else f"{x:.3g}"
