@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from errors import UserError, cli
+
 # rows: name -> (dtype, gradient checkpointing, micro-batch divisor for accumulation)
 ROWS = {
     "fp32": ("float32", False, 1),
@@ -241,6 +243,7 @@ def bench_moe(C, token_counts, steps, warmup):
 # the parent: one subprocess per row, then the table
 
 
+@cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="benchmark the training step, one row per configuration")
     p.add_argument("--quick", action="store_true", help="4 layers, 256 wide, block 128, 3 steps: 1-2 minutes")
@@ -278,9 +281,9 @@ def main(argv=None):
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
-        sys.exit(f"error: unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+        raise UserError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if any(args.batch_size % ROWS[n][2] for n in names):
-        sys.exit(f"error: --batch_size={args.batch_size} must divide by 4 for the accum4 row")
+        raise UserError(f"--batch_size={args.batch_size} must divide by 4 for the accum4 row")
 
     print(f"model: {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide, block {args.block_size}, "
           f"batch {args.batch_size}, dropout {args.dropout}, {args.device}, torch threads: {_threads()}")
