@@ -59,7 +59,7 @@ from tokenizer import same_tokenizer
 
 
 class NonFiniteLossError(UserError):
-    pass
+    """The loss went NaN or inf: the run stops before the optimizer step, checkpoint intact."""
 
 
 def train(cfg):
@@ -126,6 +126,10 @@ class Run:
 
 
 def setup(cfg, device, dtype, rank, world):
+    """Everything before the first step, in the order the random state depends on: seeds,
+    data, the model, AdamW and the GradScaler, the teacher and the batches, a resumed
+    run's state, then compile and DDP. Every refusal of what was asked happens here,
+    before train_steps writes a file."""
     tc, mc, pc, kc = cfg
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
