@@ -13,13 +13,14 @@ repo; this script says so and exits if it is missing.
 import argparse
 import json
 import os
-import sys
+
+from errors import UserError, cli
 
 
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
-        raise SystemExit(f"error: {path} not found (is '{run_dir}' a train.py out_dir?)")
+        raise UserError(f"{path} not found (is '{run_dir}' a train.py out_dir?)")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     train = [r for r in rows if "loss" in r]
@@ -27,6 +28,7 @@ def read_metrics(run_dir):
     return train, evals
 
 
+@cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="plot loss curves of train.py runs")
     p.add_argument("runs", nargs="+", help="out_dir folders holding metrics.jsonl")
@@ -40,10 +42,10 @@ def main(argv=None):
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("error: plot.py needs matplotlib, which is optional: pip install matplotlib")
+        raise UserError("plot.py needs matplotlib, which is optional: pip install matplotlib")
     labels = args.labels.split(",") if args.labels else [os.path.basename(os.path.normpath(r)) for r in args.runs]
     if len(labels) != len(args.runs):
-        raise SystemExit(f"error: {len(labels)} labels for {len(args.runs)} runs")
+        raise UserError(f"{len(labels)} labels for {len(args.runs)} runs")
 
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (run, label) in enumerate(zip(args.runs, labels)):

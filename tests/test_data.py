@@ -195,7 +195,7 @@ def test_shakespeare_prepare_offline_without_input(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(prep, "download", offline)
     with pytest.raises(SystemExit) as exc:
         prep.main(["--out_dir", str(tmp_path / "out")])
-    assert exc.value.code != 0
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--input" in err and "input.txt" in err
     assert len(err.strip().splitlines()) == 1
@@ -204,7 +204,7 @@ def test_shakespeare_prepare_offline_without_input(tmp_path, monkeypatch, capsys
     # a missing --input file is a clear error too
     with pytest.raises(SystemExit) as exc:
         prep.main(["--input", str(tmp_path / "nope.txt"), "--out_dir", str(tmp_path / "out")])
-    assert exc.value.code != 0
+    assert exc.value.code == 2
     assert "--input file not found" in capsys.readouterr().err
 
 
@@ -226,7 +226,7 @@ def test_shakespeare_prepare_with_input(tmp_path, capsys):
     # --vocab_size is only meaningful for bpe
     with pytest.raises(SystemExit) as exc:
         prep.main(["--input", str(src), "--vocab_size", "300", "--out_dir", str(out)])
-    assert exc.value.code != 0 and "--vocab_size only applies" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--vocab_size only applies" in capsys.readouterr().err
 
 
 def test_stdlib_prepare(tmp_path, capsys):

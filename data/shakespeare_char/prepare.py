@@ -145,7 +145,7 @@ def main(argv=None):
                                source=f"tiny shakespeare ({os.path.basename(path)})")
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)
     return meta
 
 

@@ -102,7 +102,7 @@ def main(argv=None):
                                source=source)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)
     return meta
 
 
