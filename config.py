@@ -123,14 +123,9 @@ class Config(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # the key space: defaults (the dataclasses) <- [the checkpoint's config on resume] <- files <- CLI
 
-# section -> its keys; vocab_size is not a key: it comes from the dataset
-SECTION_KEYS = {
-    "train": [f.name for f in fields(TrainConfig)],
-    "model": [f.name for f in fields(GPTConfig) if f.name != "vocab_size"],
-    "peft": [f.name for f in fields(PEFTConfig)],
-    "kd": [f.name for f in fields(KDConfig)],
-}
+# section -> its dataclass and its keys; vocab_size is not a key: it comes from the dataset
 SECTION_CLASSES = {"train": TrainConfig, "model": GPTConfig, "peft": PEFTConfig, "kd": KDConfig}
+SECTION_KEYS = {name: [f.name for f in fields(SECTION_CLASSES[name]) if f.name != "vocab_size"] for name in SECTION_CLASSES}
 FIELD_TYPES = {f.name: f.type for cls in (TrainConfig, KDConfig, PEFTConfig, GPTConfig) for f in fields(cls)
                if f.name != "vocab_size"}
 PEFT_KEYS = SECTION_KEYS["peft"]
@@ -306,9 +301,9 @@ def check_memory(cfg, vocab_size, device):
     allocation failure or the kernel's OOM killer."""
     tc, mc = cfg.train, cfg.model
     C, L, T, B, V = mc.n_embd, mc.n_layer, mc.block_size, tc.batch_size, vocab_size
-    n_moe = L // mc.moe_every if mc.moe_num_experts > 0 else 0
+    n_moe = L // mc.moe_every if mc.moe_num_experts > 0 else 0  # GPTConfig.is_moe_block, counted without a loop
     params = V * C + T * C + L * 4 * C * C + (L - n_moe) * 8 * C * C
-    params += n_moe * mc.moe_num_experts * 2 * C * (mc.moe_hidden or max(1, 4 * C // mc.moe_top_k))
+    params += n_moe * mc.moe_num_experts * 2 * C * mc.expert_hidden()
     per_param = 16 if cfg.peft.peft == "none" else 4
     activations = 4 * B * T * (C * L + V)
     need = per_param * params + activations

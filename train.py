@@ -109,6 +109,7 @@ class Run:
     meta: dict  # the dataset's tokenizer
     config: dict  # the resolved config, as config.json and every checkpoint hold it
     peft_base: dict  # a PEFT run's base {"path", "sha256"}, else None
+    moe: bool  # the model has MoE layers: their routing statistics are logged
     iter_num: int = 0
     start_iter: int = 0
     best_val_loss: float = float("inf")
@@ -165,7 +166,7 @@ def setup(cfg, device, dtype, rank, world):
     config = {**cfg.as_dict(), "device": device, "dtype": dtype,
               "trainable": {k: v for k, v in trainable.items() if k != "line"}}
     run = Run(cfg, device, dtype, rank, world, model, model, model, optimizer, scaler, ctx, windows,
-              teacher, {"train": train_data, "val": val_data}, meta, config, peft_base)
+              teacher, {"train": train_data, "val": val_data}, meta, config, peft_base, bool(model.moe_layers()))
     if tc.init_from == "resume":
         restore_state(run, ckpt)
     run.eval_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
@@ -232,7 +233,7 @@ def describe(run, trainable):
     """The start-up lines: size, machine, tokens per step, what trains."""
     tc, mc, pc, _ = run.cfg
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
-    active = f" ({run.model.get_num_params(active=True) / 1e6:.2f}M active per token)" if run.model.moe_layers() else ""
+    active = f" ({run.model.get_num_params(active=True) / 1e6:.2f}M active per token)" if run.moe else ""
     run.say(
         f"model: {run.model.get_num_params() / 1e6:.2f}M parameters{active} | {run.device} {run.dtype} | "
         f"tokens per optimizer step: {tokens_per_iter:,} "
@@ -309,7 +310,7 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
     row = {"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)}
     row.update({k: v.item() for k, v in terms.items()})  # distillation: the KD and CE terms
     postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-    if run.model.moe_layers():
+    if run.moe:
         # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
         stats = moe_statistics(run.model.moe_stats)
         row.update(ce=stats["ce"], aux_loss=stats["aux_loss"], z_loss=stats["z_loss"],

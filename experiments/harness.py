@@ -40,11 +40,10 @@ def run_logged(cmd, log_path):
     return time.perf_counter() - t0, usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def finished(out_dir, cmd=None):
-    """True if out_dir holds a run that train_run completed (run.json is written last),
-    with the same command when cmd is given."""
+def finished(out_dir, cmd):
+    """True if out_dir holds a run of cmd that train_run completed (run.json is written last)."""
     done = os.path.exists(os.path.join(out_dir, "run.json")) and os.path.exists(os.path.join(out_dir, "ckpt.pt"))
-    return done and (cmd is None or read_json(os.path.join(out_dir, "run.json"))["cmd"] == cmd[1:])
+    return done and read_json(os.path.join(out_dir, "run.json"))["cmd"] == cmd[1:]
 
 
 def train_run(name, out_dir, args, config, dtype="auto"):
