@@ -1,4 +1,4 @@
-"""
+r"""
 Generate text from a trained checkpoint: a pretrained or fully fine-tuned run, a PEFT run
 (its base is loaded and its PEFT tensors put on top, transparently), or several PEFT runs
 that share one base, switched without reading the base again.
@@ -6,14 +6,23 @@ that share one base, switched without reading the base again.
     python sample.py --out_dir=out-quickstart
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --seed=7
-    python sample.py --adapters=out-peft/lora-gloucester,out-peft/lora-juliet --start="\n" --num_samples=1
+    python sample.py --adapters=out-peft/lora-gloucester,out-peft/lora-juliet --num_samples=1
 
 A checkpoint carries its tokenizer (the dataset's meta.json), so nothing but out_dir/ckpt.pt
 (and, for a PEFT run, the base checkpoint it names) is read. Same --seed, same output.
+
+Each sample is printed with its prompt. The default prompt is a newline, as nanoGPT's, and
+an empty one (--start="") is that newline too: same seed, same output, each sample
+beginning with a blank line. (In bash, --start="\n" is a backslash and an n; a newline is
+--start=$'\n'.) Every vocabulary trained on lines of text has the newline; a char
+vocabulary without one asks for a --start. Bad flags (--top_k < 0, --num_samples < 1,
+--max_new_tokens < 1, a --temperature that is negative, nan or inf) are one-line errors,
+found before any checkpoint is read.
 """
 
 import argparse
 import copy
+import math
 import os
 from dataclasses import asdict
 
@@ -62,9 +71,21 @@ def load_adapters(run_dirs, device="cpu"):
         yield d, model, tokenizer_from_meta(c["meta"])
 
 
+EMPTY_PROMPT = "\n"  # what an empty prompt starts from: a line break, nanoGPT's default prompt
+
+
 def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, top_k, seed, device="cpu"):
-    """A list of num_samples strings, each the prompt followed by its continuation."""
-    ids = tok.encode(start) if start else [0]  # no prompt: start from token 0, as nanoGPT's "\n"
+    """A list of num_samples strings, each the prompt followed by its continuation. An empty
+    prompt is EMPTY_PROMPT, in the text too: the model needs a token to condition on, and
+    token 0 is no choice (in a byte-level BPE it is the NUL byte)."""
+    try:
+        ids = tok.encode(start or EMPTY_PROMPT)
+    except ValueError:
+        if start:
+            raise  # a character of the user's prompt; main() names it
+        # a char vocabulary from text without line breaks
+        raise UserError("this checkpoint's tokenizer cannot encode a newline, the start of an empty prompt; "
+                        "give a prompt with --start=TEXT") from None
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
@@ -76,18 +97,30 @@ def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, t
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.strip().split("\n\n")[0].split()))  # 1st paragraph
     p.add_argument("--out_dir", default="out", help="run folder holding ckpt.pt")
     p.add_argument("--adapters", default=None,
                    help="comma-separated PEFT run folders on one base: sample each in turn (instead of --out_dir)")
-    p.add_argument("--start", default="\n", help='prompt text, or FILE:path to read it from a file')
-    p.add_argument("--num_samples", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=500)
+    p.add_argument("--start", default=EMPTY_PROMPT,
+                   help="prompt text, or FILE:path to read it from a file; empty = a newline (the default), "
+                        "printed with the sample like any prompt")
+    p.add_argument("--num_samples", type=int, default=3, help="samples to print, >= 1")
+    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens added to the prompt, >= 1")
     p.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 more random, 0 greedy")
     p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    # the flags' domains, checked before any checkpoint is read ("not inside": a nan fails too)
+    if args.top_k < 0:
+        raise UserError(f"--top_k={args.top_k} must be >= 0 (0 samples from the whole vocabulary)")
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples={args.num_samples} must be >= 1")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens={args.max_new_tokens} must be >= 1 "
+                        f"(each sample adds at least one token to the prompt)")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature={args.temperature} must be a finite number >= 0 (0 is greedy)")
     start = args.start
     if start.startswith("FILE:"):
         path = start[len("FILE:"):]
@@ -96,8 +129,6 @@ def main(argv=None):
                 start = f.read()
         except OSError as e:
             raise UserError(f"--start=FILE:{path}: cannot read it ({e.strerror})") from None
-    if args.temperature < 0:
-        raise UserError(f"--temperature={args.temperature} must be >= 0")
     if args.adapters:
         runs = load_adapters([d for d in args.adapters.split(",") if d], args.device)
     else:

@@ -27,6 +27,7 @@ import sys
 import time
 
 from harness import REPO, parse_args, pyplot, read_json, read_metrics, run_logged, train_run
+from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-distill")
 TEACHER = os.path.join(ROOT, "teacher")
@@ -147,6 +148,7 @@ def seed_table(by):
     return "\n".join(lines)
 
 
+@cli
 def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "distill_val.png"),
                             groups=GROUPS)

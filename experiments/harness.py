@@ -1,9 +1,12 @@
 """
 The harness every experiment script in this folder shares: run train.py in a process of
 its own, with its output in a log file and its peak memory measured by the OS, reuse a
-finished run on the next invocation, and give every script the same command line.
+finished run on the next invocation, give every script the same command line, and prepare
+tiny shakespeare once (from a prepared data/shakespeare_char where there is one, so a
+missing speaker split needs no download).
 
     from harness import REPO, parse_args, train_run
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT)   # --help, --rows, ..., and the data prepared
     train_run("dense", "out-moe/dense", ["--moe_num_experts=0"], "configs/moe_shakespeare.py")
 
 An experiment script is named <technique>_experiment.py: never a core module's name, since
@@ -18,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,36 +78,105 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def parse_args(argv, doc, rows, root, plot=None, groups=None):
+def describe(doc):
+    """A script's docstring's first paragraph, as one line: its --help description (the
+    first line alone stops mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def parse_args(argv, doc, rows, root, plot=None, groups=None, hold_out=None, extra=None):
     """The command line every experiment script shares: --input, --rows, --fresh (delete
-    root first), --dtype and --plot. groups names lists of rows that --rows may use as one name
-    ("default", if there, is what --rows defaults to; otherwise every row). Prepares
-    data/shakespeare_char from --input if it is missing. Returns (args, the chosen row names)."""
+    root first), --dtype and --plot; extra(parser) adds a script's own flags. groups names
+    lists of rows that --rows may use as one name ("default", if there, is what --rows
+    defaults to; otherwise every row). Prepares the data if it is missing (prepare_data,
+    with hold_out). Returns (args, the chosen row names)."""
     import argparse
 
     groups = groups or {}
-    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    p.add_argument("--input", default=None, help="tiny shakespeare's input.txt, if data/shakespeare_char is not prepared")
+    p = argparse.ArgumentParser(description=describe(doc))
+    p.add_argument("--input", default=None,
+                   help="tiny shakespeare's text, read only if the data is not prepared; without it: "
+                        "data/shakespeare_char/input.txt, else a prepared data/shakespeare_char, else a download")
     names = ", ".join(list(rows) + [f"{g} (= {','.join(r)})" for g, r in groups.items()])
     p.add_argument("--rows", default="default" if "default" in groups else ",".join(rows),
-                   help=f"comma-separated rows or groups from: {names}")
+                   help=f"comma-separated {'rows or groups' if groups else 'rows'} from: {names}")
     p.add_argument("--fresh", action="store_true", help=f"delete {os.path.relpath(root, REPO)}/ first")
     add_dtype_argument(p)
     if plot:
         p.add_argument("--plot", default=plot, help="where the PNG goes (needs matplotlib)")
+    if extra:
+        extra(p)
     args = p.parse_args(argv)
     chosen = []
     for r in (r for r in args.rows.split(",") if r):
         chosen += [x for x in groups.get(r, [r]) if x not in chosen]
-    if any(r not in rows for r in chosen):
-        p.error(f"unknown rows; choose from {names}")
+    unknown = [r for r in chosen if r not in rows]
+    if unknown:
+        p.error(f"unknown rows {', '.join(unknown)}; choose from {names}")
     if args.fresh:
         shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
-    if not os.path.exists(os.path.join(REPO, "data", "shakespeare_char", "meta.json")):
-        cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--input", args.input] if args.input else [])
-        subprocess.run(cmd, cwd=REPO, check=True)
+    prepare_data(args.input, hold_out)
     return args, chosen
+
+
+# ----------------------------------------------------------------------------------------
+# the data: tiny shakespeare, prepared once
+
+
+SHAKESPEARE = os.path.join(REPO, "data", "shakespeare_char")
+
+
+def prepare_data(input_path, hold_out=None):
+    """Prepare tiny shakespeare with data/shakespeare_char/prepare.py, unless it is prepared:
+    data/shakespeare_char, or with hold_out ("GLOUCESTER,JULIET") the speaker split
+    data/shakespeare_voices/{base, gloucester, juliet}. The text comes from, in order:
+    input_path (--input); input.txt beside prepare.py; a prepared data/shakespeare_char,
+    decoded; a download. When prepare.py cannot (offline, no text), its one-line message
+    becomes a UserError."""
+    from errors import UserError
+
+    names = [n.strip() for n in hold_out.split(",") if n.strip()] if hold_out else []
+    voices = os.path.join(REPO, "data", "shakespeare_voices")
+    # the folders prepare.py writes, named as it names them
+    folders = [os.path.join(voices, n.lower().replace(" ", "_")) for n in ["base"] + names] if hold_out else [SHAKESPEARE]
+    if all(os.path.exists(os.path.join(d, "meta.json")) for d in folders):
+        return
+    cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--hold_out", hold_out] if hold_out else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        text = input_path or prepared_text(tmp)
+        cmd += ["--input", text] if text else []
+        r = subprocess.run(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    if r.returncode == 2:  # prepare.py's "error: <what is wrong and what to do>", a user's problem
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        msg = lines[-1][len("error: "):] if lines else r.stderr.strip()
+        raise UserError(f"preparing the data (data/shakespeare_char/prepare.py): {msg}")
+    if r.returncode != 0:  # a bug: keep everything it said
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}")
+
+
+def prepared_text(folder):
+    """Tiny shakespeare's text, rebuilt from a prepared character-level data/shakespeare_char
+    (its train.bin and val.bin hold every character of the text, in order) and written to
+    folder/input.txt; that path, or None where there is nothing to rebuild from, or no need:
+    prepare.py reads an input.txt beside it by itself."""
+    meta_path = os.path.join(SHAKESPEARE, "meta.json")
+    if os.path.exists(os.path.join(SHAKESPEARE, "input.txt")) or not os.path.exists(meta_path):
+        return None
+    meta = read_json(meta_path)
+    if meta.get("tokenizer") != "char":
+        return None
+    import numpy as np
+
+    from tokenizer import tokenizer_from_meta
+
+    ids = np.concatenate([np.fromfile(os.path.join(SHAKESPEARE, f"{split}.bin"), dtype=np.uint16)
+                          for split in ("train", "val")])
+    print(f"tiny shakespeare's text: rebuilt from {os.path.relpath(SHAKESPEARE, REPO)} ({len(ids):,} characters)")
+    path = os.path.join(folder, "input.txt")  # the file name prepare.py records as the source
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(tokenizer_from_meta(meta).decode(ids.tolist()))
+    return path
 
 
 def add_dtype_argument(p):

@@ -25,6 +25,7 @@ import statistics
 import time
 
 from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run
+from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-moe")
 CONFIG = "configs/moe_shakespeare.py"
@@ -117,6 +118,7 @@ def plot_load(runs, path):
     print(f"wrote {path}")
 
 
+@cli
 def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "moe_load.png"))
     t0 = time.perf_counter()

@@ -29,16 +29,15 @@ runs (--lr_scan); LoRA's r = 2 and 32 rows take their r = 8 row's rate, since th
 scale keeps the update's size roughly independent of r (LoRA, section 4.1).
 """
 
-import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from harness import REPO, add_dtype_argument, read_json, read_metrics, train_run
+from harness import REPO, parse_args, read_json, read_metrics, train_run
+from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-peft")
 BASE = os.path.join(ROOT, "base")
@@ -177,28 +176,15 @@ def lr_scan(dtype):
               + f" -> best lr={min(best, key=best.get):g}", flush=True)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--input", default=None, help="tiny shakespeare's input.txt, if data/ is not prepared yet")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows from: {', '.join(ROWS)}")
-    p.add_argument("--fresh", action="store_true", help="delete out-peft/ first and run everything")
+def add_lr_scan_flag(p):
     p.add_argument("--lr_scan", action="store_true", help="only the learning-rate scan (after data and base)")
-    add_dtype_argument(p)
-    args = p.parse_args(argv)
-    rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-    t0 = time.perf_counter()
-    if args.fresh:
-        shutil.rmtree(ROOT, ignore_errors=True)
-    os.makedirs(ROOT, exist_ok=True)
 
-    # 1. data
-    voices = os.path.join(REPO, "data", "shakespeare_voices")
-    if not all(os.path.exists(os.path.join(voices, d, "meta.json")) for d in ("base", "gloucester", "juliet")):
-        cmd = [sys.executable, "data/shakespeare_char/prepare.py", "--hold_out", "GLOUCESTER,JULIET"]
-        subprocess.run(cmd + (["--input", args.input] if args.input else []), cwd=REPO, check=True)
+
+@cli
+def main(argv=None):
+    # 1. data: data/shakespeare_voices/{base,gloucester,juliet}, prepared by parse_args if missing
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT, hold_out="GLOUCESTER,JULIET", extra=add_lr_scan_flag)
+    t0 = time.perf_counter()
 
     # 2. the base, 3. the rows
     train_run("base", BASE, [], "configs/peft_base.py", args.dtype)
