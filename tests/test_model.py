@@ -1,5 +1,6 @@
 """model.py: shapes, loss at init, causality, weight tying, generation, the CPU dropout,
-hand-written attention = SDPA, and gradient checkpointing = the plain path."""
+hand-written attention = SDPA (no drops) and = the masked softmax over 1 - p (real drops),
+and gradient checkpointing = the plain path."""
 
 import math
 
@@ -100,6 +101,27 @@ def test_hand_written_attention_equals_sdpa(monkeypatch):
     # isolate the attention math: a mask that drops nothing
     monkeypatch.setattr(model_module, "dropout_mask", lambda shape, p, device: (torch.zeros(shape, dtype=torch.bool), 1.0))
     torch.testing.assert_close(attn._attention_with_dropout(q, k, v), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_hand_written_attention_with_dropout_equals_the_masked_softmax_over_1_minus_p():
+    # the test above drops nothing, so it cannot see the 1/(1-p) scale; here p is real
+    p = 0.25  # a multiple of 1/65536: dropout_mask uses it unrounded, the scale is exactly 4/3
+    m = tiny(dropout=p)
+    attn = m.transformer.h[0].attn
+    B, nh, T, hs = 2, 2, 16, 16
+    q, k, v = (torch.randn(B, nh, T, hs) for _ in range(3))
+    torch.manual_seed(7)
+    y = attn._attention_with_dropout(q, k, v)
+    # the reference, written independently: the same mask, re-drawn from the same seed
+    # (the mask is the method's only draw), applied to the weights with 1/(1-p) written out
+    torch.manual_seed(7)
+    drop, _ = model_module.dropout_mask((B * nh, T, T), p, "cpu")
+    drop = drop.view(B, nh, T, T)
+    assert abs(drop.float().mean().item() - p) < 0.05  # it really drops (2048 draws: 3 sigma ~ 0.03)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    att = (q @ k.transpose(-2, -1) / math.sqrt(hs)).masked_fill(~causal, float("-inf")).softmax(-1)
+    ref = (att.masked_fill(drop, 0.0) / (1 - p)) @ v
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_grad_checkpointing_matches_plain_path_with_dropout():

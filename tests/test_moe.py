@@ -1,7 +1,8 @@
 """moe.py: the balancing loss is exactly 1 under perfectly balanced top-1 routing; the
 z-loss is its formula; the sorted, batched dispatch equals a per-token reference loop
-(outputs and gradients; top-1, top-2, Switch with and without drops); one expert equals
-a dense MLP; Switch drops the right tokens and passes them through; eval is deterministic."""
+(outputs and gradients; top-1, top-2, Switch with and without drops); the task loss alone
+trains the router through the gates, as a reference routed by hand; one expert equals a
+dense MLP; Switch drops the right tokens and passes them through; eval is deterministic."""
 
 import math
 
@@ -161,6 +162,45 @@ def test_router_gets_gradients_and_noise_only_in_training():
     assert not torch.equal(c, moe(x)[0])
 
 
+def hand_routed_moe(x, router_weight, w_fc, w_proj, top_k, switch):
+    """The MoE's output with the routing written out, independently of MoE.route: softmax
+    of the router logits, the top k, top-k gates renormalised (Switch: the probability
+    itself), then each token through its experts in a Python loop. x: (N, C)."""
+    probs = (x @ router_weight.t()).softmax(-1)  # (N, E)
+    rows = []
+    for t in range(x.shape[0]):
+        top_p, top_i = probs[t].topk(top_k)
+        gates = top_p if switch else top_p / top_p.sum()
+        y = torch.zeros(x.shape[1])
+        for gate, e in zip(gates, top_i.tolist()):
+            y = y + gate * (F.gelu(x[t] @ w_fc[e]) @ w_proj[e])
+        rows.append(y)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("case", ["top2", "switch"])
+def test_the_task_loss_alone_trains_the_router_through_the_gates(case):
+    # The router's only path to the task loss is the gates (the expert choice is discrete):
+    # with the balancing and z losses off, its gradient must be nonzero and equal to the
+    # hand-routed reference's. The dispatch test cannot see a detached gate: its reference
+    # calls MoE.route too. The router test above cannot either: aux["loss"] alone gives
+    # the router a gradient.
+    kw = dict(top_k=2) if case == "top2" else dict(top_k=1, router="switch", capacity_factor=4.0)
+    moe = make_moe(aux_loss_coef=0.0, z_loss_coef=0.0, **kw)
+    x = torch.randn(2, 7, 16)
+    g = torch.randn(2, 7, 16)
+    y, aux = moe(x)
+    assert aux["dropped"] == 0 and aux["loss"] == 0
+    (y * g).sum().backward()
+    router_weight = moe.router.weight.detach().clone().requires_grad_(True)
+    y_ref = hand_routed_moe(x.view(-1, 16), router_weight, moe.w_fc.detach(), moe.w_proj.detach(),
+                            moe.top_k, switch=case == "switch")
+    (y_ref * g.view(-1, 16)).sum().backward()
+    torch.testing.assert_close(y, y_ref.view(2, 7, 16), rtol=1e-5, atol=1e-6)
+    assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().max() > 1e-3
+    torch.testing.assert_close(moe.router.weight.grad, router_weight.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_settings_are_errors():
     with pytest.raises(ValueError, match="top_k=2 must be 1"):
         MoE(16, 24, 4, top_k=2, router="switch")
@@ -254,7 +294,7 @@ def test_moe_training_logs_routing_and_resumes_exactly(char_dataset, tmp_path):
     def run(args, out):
         cfg = load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={out}", "--eval_iters=2",
                                                "--moe_num_experts=4", "--moe_top_k=2", "--log_interval=1",
-                                               "--lr_decay_iters=8"] + args)
+                                               "--warmup_iters=2", "--lr_decay_iters=8"] + args)
         return train.train(cfg)
 
     run(["--max_iters=8", "--eval_interval=4"], tmp_path / "straight")
