@@ -15,6 +15,7 @@ saves; .rank and .world let data-parallel processes share one stream):
 Curriculum samplers (sequence-length warmup, ordering by difficulty, mixtures) go here too.
 """
 
+import hashlib
 import json
 import os
 
@@ -52,6 +53,12 @@ def load_dataset(name):
     with open(paths[2]) as f:
         meta = json.load(f)
     return train, val, meta
+
+
+def tokens_sha256(tokens):
+    """The hex sha256 of a token array's bytes (for a split loaded by load_dataset, the
+    sha256 of its .bin file): what a soft-label cache records of the data it was made on."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(tokens))).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------

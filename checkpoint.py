@@ -108,7 +108,12 @@ def restore_model(ckpt, why, peft_config=None, **overrides):
     cfg = {**ckpt["model_config"], **overrides}
     weights = read_base_checkpoint(ckpt["peft_base"], why) if "peft_base" in ckpt else ckpt
     model = GPT(GPTConfig(**{**cfg, "block_size": weights["model_config"]["block_size"]}))
-    model.load_state_dict(weights["model"])
+    try:
+        model.load_state_dict(weights["model"])
+    except RuntimeError as e:  # config.saved_config refuses the changes it knows of; this names any other
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{why}: the checkpoint's weights do not fit the model its settings describe ({first}); "
+                        f"drop the architecture keys that differ from the checkpoint's") from None
     if cfg["block_size"] < model.config.block_size:
         model.crop_block_size(cfg["block_size"])
     if "peft_base" in ckpt:

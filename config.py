@@ -96,6 +96,10 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        if self.lr_schedule != "constant" and 0 < self.lr_decay_iters <= self.warmup_iters:
+            # get_lr would climb to ~learning_rate and then jump straight down to min_lr
+            raise ValueError(f"lr_decay_iters={self.lr_decay_iters} ends the schedule before warmup_iters="
+                             f"{self.warmup_iters} does; use lr_decay_iters > warmup_iters (or 0: max_iters)")
         if not 0.0 < self.decay_frac <= 1.0:
             raise ValueError(f"decay_frac={self.decay_frac} must be in (0, 1]")
         if not -(2**63) <= self.seed < 2**63:
@@ -129,10 +133,19 @@ SECTION_KEYS = {name: [f.name for f in fields(SECTION_CLASSES[name]) if f.name !
 FIELD_TYPES = {f.name: f.type for cls in (TrainConfig, KDConfig, PEFTConfig, GPTConfig) for f in fields(cls)
                if f.name != "vocab_size"}
 PEFT_KEYS = SECTION_KEYS["peft"]
-# keys that must equal the checkpoint's when resuming or fine-tuning (the weights' shapes)
-ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"]
-# PEFT keys that shape a PEFT run's tensors: fixed once the run has started
-PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_targets", "adapter_size", "adapter_targets", "bitfit_layernorm"]
+# keys that must equal the checkpoint's when resuming or fine-tuning: they give the weights
+# their shapes, or (n_head, the MoE routing) decide what the weights compute
+MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "moe_every", "moe_shared_expert",
+                 "moe_noisy"]
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + MOE_ARCH_KEYS
+# a fine-tune takes these from its base: the architecture, and the MoE training settings
+# (capacity, loss weights), which it may change
+INHERITED_KEYS = ARCH_KEYS + ["block_size", "moe_capacity_factor", "moe_eval_capacity_factor", "moe_aux_loss_coef",
+                              "moe_z_loss_coef", "moe_init_scale"]
+# PEFT keys that give a PEFT run's tensors their shapes or their meaning (lora_alpha and
+# lora_rslora set the scale B A is multiplied by): fixed once the run has started
+PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_alpha", "lora_rslora", "lora_targets", "adapter_size", "adapter_targets",
+                   "bitfit_layernorm"]
 # the keys that only matter to one PEFT method
 PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
 # keys that describe this machine, never carried over from a checkpoint's config
@@ -193,8 +206,19 @@ def read_config_file(path):
         raise UserError(f"config file '{path}' not found (arguments are CONFIG.py and --key=value)")
     namespace = {}
     with open(path) as f:
-        code = compile(f.read(), path, "exec")
-    exec(code, namespace)
+        source = f.read()
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise UserError(f"{path}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # a NameError, an import that fails, ...: name the file's line that raised it
+        tb = e.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == path:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise UserError(f"{path}, line {line}: {type(e).__name__}: {e}") from None
     out = {}
     for key, value in namespace.items():
         if key.startswith("_") or inspect.ismodule(value):
@@ -243,16 +267,19 @@ def load_config(argv):
 def saved_config(init_from, out_dir, overrides):
     """The keys a run takes from a checkpoint. On resume its whole config is the base, so
     `--init_from=resume` alone continues it; a fine-tune takes the architecture of its base
-    model. Overrides that contradict the weights' shapes are errors."""
+    model (and its MoE settings). Overrides that contradict what the saved tensors are (their
+shapes, or how they are used: n_head, the routing, a PEFT run's scale) are errors."""
     src = out_dir if init_from == "resume" else init_from
     saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
-    keep = FIELD_TYPES if init_from == "resume" else ARCH_KEYS + ["block_size"]
+    keep = FIELD_TYPES if init_from == "resume" else INHERITED_KEYS
     fixed = ARCH_KEYS + (PEFT_SHAPE_KEYS if init_from == "resume" else [])
     for k in fixed:
-        if k in overrides and overrides[k] != saved.get(k, getattr(PEFTConfig, k, None)):
+        # a checkpoint older than a key holds that key's default
+        was = saved.get(k, getattr(PEFTConfig if k in PEFT_KEYS else GPTConfig, k))
+        if k in overrides and overrides[k] != was:
             raise UserError(
-                f"{k}={overrides[k]} differs from the checkpoint's {k}={saved[k]} in {src}; "
-                f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} have that shape (drop --{k})"
+                f"{k}={overrides[k]} differs from the checkpoint's {k}={was} in {src}; "
+                f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} were trained with it (drop --{k})"
             )
     if overrides.get("block_size", 0) > saved["block_size"]:
         raise UserError(
@@ -276,6 +303,13 @@ def validate(cfg, overrides):
         tc.device == "auto" and torch.cuda.is_available()
     ):
         raise UserError("dtype='float16' needs a CUDA GPU (fp16 with a GradScaler); on CPU use bfloat16 or float32")
+    if tc.init_from not in ("scratch", "resume") and os.path.realpath(tc.init_from) == os.path.realpath(tc.out_dir):
+        # the run's first checkpoint would replace the weights it starts from (and that a PEFT run's hash names)
+        raise UserError(f"out_dir={tc.out_dir} is the folder of init_from={tc.init_from}: the run would overwrite "
+                        f"the checkpoint it starts from; give the fine-tune its own --out_dir")
+    if cfg.kd.teacher and os.path.realpath(cfg.kd.teacher) == os.path.realpath(tc.out_dir):
+        raise UserError(f"out_dir={tc.out_dir} is the teacher's folder: the student's checkpoints would overwrite "
+                        f"the teacher's; give the student its own --out_dir")
     if pc.peft != "none" and tc.init_from == "scratch":
         raise UserError(f"peft='{pc.peft}' adapts a trained model: set init_from to its run folder "
                         f"(e.g. --init_from=out-peft-base), not 'scratch'")

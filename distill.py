@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from batches import AlignedWindows, load_dataset  # noqa: F401 (AlignedWindows: still importable from here)
+from batches import AlignedWindows, load_dataset, tokens_sha256  # noqa: F401 (AlignedWindows: still importable from here)
 from checkpoint import file_sha256, read_checkpoint
 from errors import UserError, cli
 from model import GPT, GPTConfig
@@ -214,13 +214,17 @@ class CachedTeacher:
 
     TAILS = ("bucket", "renorm")
 
-    def __init__(self, folder, data_meta, block_size, k=None, tail="bucket", temperature=1.0):
+    def __init__(self, folder, data_meta, block_size, k=None, tail="bucket", temperature=1.0, data=None):
+        """data: the training split the student will read; given, it must be the one the
+        cache was made on (its length and sha256 are compared), not only the same tokenizer."""
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.exists(meta_path):
             raise ValueError(f"soft_labels: no cache at {folder} (make one: python distill.py cache --teacher=DIR)")
         with open(meta_path) as f:
             self.meta = json.load(f)
         check_same_tokenizer(self.meta["data_meta"], data_meta, f"the cache {folder}")
+        if data is not None:
+            self.check_data(folder, data)
         if self.meta["block_size"] != block_size:
             raise ValueError(f"the cache {folder} holds windows of {self.meta['block_size']} tokens; train the student "
                              f"with block_size={self.meta['block_size']} (it has {block_size}) so contexts line up")
@@ -251,6 +255,17 @@ class CachedTeacher:
             self.tails = np.memmap(os.path.join(folder, "tail.f32"), dtype=np.float32, mode="r",
                                    shape=(n, len(temps)))
 
+    def check_data(self, folder, data):
+        """Refuse a cache made on other tokens: its soft labels would be the teacher's
+        predictions for another text, position by position."""
+        remake = f"remake it on this data: python distill.py cache --teacher={self.meta['teacher']} --dataset=..."
+        if "data_sha256" not in self.meta:
+            raise ValueError(f"the cache {folder} does not record which data it was made on (an older cache); {remake}")
+        if self.meta["data_tokens"] != len(data) or self.meta["data_sha256"] != tokens_sha256(data):
+            raise ValueError(f"the cache {folder} was made on another training split ({self.meta['data_tokens']:,} "
+                             f"tokens, sha256 {self.meta['data_sha256'][:12]}) than this run's ({len(data):,} tokens, "
+                             f"sha256 {tokens_sha256(data)[:12]}); {remake}")
+
     def lookup(self, starts, device):
         """Top-k (values, ids) at the positions of the windows beginning at `starts`:
         (B, T, k) each, and for the bucket the tail's logsumexp at the temperature (B, T),
@@ -271,14 +286,22 @@ class CachedTeacher:
         return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1, tail)
 
 
-def make_teacher(kd, data_meta, block_size, device="cpu"):
-    """The teacher a KDConfig names: a CachedTeacher (soft_labels), an OnlineTeacher
-    (teacher), or None. Its batches must then come from AlignedWindows for a cache
-    (batches.py), RandomWindows otherwise."""
+def make_teacher(kd, data_meta, block_size, device, data):
+    """The teacher a KDConfig names for a student of context block_size trained on the
+    tokens `data`: a CachedTeacher (soft_labels), an OnlineTeacher (teacher), or None. Its
+    batches must then come from AlignedWindows for a cache (batches.py), RandomWindows
+    otherwise. A mismatch (cache made on other data, a teacher with a shorter context) is
+    a ValueError."""
     if kd.soft_labels:
-        return CachedTeacher(kd.soft_labels, data_meta, block_size, kd.kd_top_k or None, kd.kd_tail, kd.kd_temperature)
+        return CachedTeacher(kd.soft_labels, data_meta, block_size, kd.kd_top_k or None, kd.kd_tail, kd.kd_temperature,
+                             data=data)
     if kd.teacher:
-        return OnlineTeacher(load_teacher(kd.teacher, data_meta, device)[0])
+        model = load_teacher(kd.teacher, data_meta, device)[0]
+        if model.config.block_size < block_size:
+            raise ValueError(f"the teacher in {kd.teacher} reads at most {model.config.block_size} tokens of context, "
+                             f"the student {block_size}: it cannot label the student's windows; train the student "
+                             f"with block_size <= {model.config.block_size}")
+        return OnlineTeacher(model)
     return None
 
 
@@ -318,6 +341,7 @@ def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device=
         m.flush()
     meta = {"teacher": os.path.abspath(teacher_dir), "teacher_sha256": teacher_sha256,
             "k": k, "block_size": T, "positions": n, "windows": n_windows, "data_meta": data_meta,
+            "data_tokens": len(data), "data_sha256": tokens_sha256(data),  # which text: CachedTeacher checks it
             "tail_temperatures": temps,
             "note": "values: raw logits (before temperature), top-k sorted descending; tail: logsumexp of the "
                     "other logits / T per tail temperature; window w = positions [w*T, (w+1)*T)"}

@@ -193,6 +193,7 @@ class MoEFeedForward(nn.Module):
                        c.moe_capacity_factor, c.moe_eval_capacity_factor, c.moe_aux_loss_coef,
                        c.moe_z_loss_coef, c.moe_noisy, c.moe_shared_expert, c.moe_init_scale, c.bias)
         self.dropout = c.dropout
+        self.out_features = c.n_embd  # the output width, for an adapter (peft.apply_adapters)
 
     def forward(self, x):
         y, aux = self.moe(x)
@@ -289,15 +290,18 @@ class GPT(nn.Module):
                 auxes.append(aux)
         return self.transformer.ln_f(x), auxes
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, loss_parts=False):
         """idx, targets: (B, T) int64. Returns logits (B, T, vocab) and the mean
         cross-entropy over positions whose target is not -1 (or None without targets).
         With MoE layers, in training mode, the loss also holds their weighted balancing
         and z losses; in eval mode it is the cross-entropy alone, so val losses compare
-        with a dense model's. Routing statistics of this forward: self.moe_stats."""
+        with a dense model's. Routing statistics of this forward: self.moe_stats.
+        loss_parts=True returns the loss as {"ce": cross-entropy, "aux": the MoE losses
+        (training mode, MoE layers only)} instead of their sum, for a caller that weights
+        the cross-entropy itself (distillation: step.forward_backward)."""
         x, auxes = self._trunk(idx)
         logits = self.lm_head(x)  # (B, T, vocab)
-        loss = None
+        loss = aux = None
         if targets is not None:
             # in fp32 even under autocast: a bf16 log-softmax loses ~3 significant digits
             loss = F.cross_entropy(
@@ -311,8 +315,10 @@ class GPT(nn.Module):
             if loss is not None:
                 self.moe_stats["ce"] = loss.detach()
             if loss is not None and self.training:
-                loss = loss + sum(a["loss"] for a in auxes)
-        return logits, loss
+                aux = sum(a["loss"] for a in auxes)
+        if loss_parts:
+            return logits, {"ce": loss, **({"aux": aux} if aux is not None else {})}
+        return logits, (loss if aux is None else loss + aux)
 
     def moe_layers(self):
         return [m for m in self.modules() if isinstance(m, MoE)]

@@ -59,8 +59,13 @@ class MoE(nn.Module):
         self.n_experts, self.top_k, self.router_kind = n_experts, top_k, router
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
+        self.out_features = n_embd  # the output width (peft.apply_adapters reads it: the router is a Linear too)
         self.router = nn.Linear(n_embd, n_experts, bias=False)
         self.noise = nn.Linear(n_embd, n_experts, bias=False) if noisy else None
+        # no GPT has a router bias, bias=True included: BitFit leaves these two alone (peft.apply_bitfit)
+        self.router.bitfit_skip = True
+        if noisy:
+            self.noise.bitfit_skip = True
         # the experts' weights, batched: (E, C, H) up and (E, H, C) down
         self.w_fc = nn.Parameter(torch.empty(n_experts, n_embd, hidden))
         self.w_proj = nn.Parameter(torch.empty(n_experts, hidden, n_embd))
@@ -77,15 +82,25 @@ class MoE(nn.Module):
                                         nn.Linear(hidden, n_embd, bias=bias))
             self.shared[2].residual_projection = True
 
+    def bitfit_biases(self):
+        """BitFit: the experts' biases, made (as zeros, so nothing changes) where the MoE was
+        built without them; it then has the parameters of a bias=True MoE. Returns their names."""
+        for name, width in (("b_fc", self.w_fc.shape[-1]), ("b_proj", self.w_proj.shape[-1])):
+            if getattr(self, name) is None:
+                w = self.w_fc
+                setattr(self, name, nn.Parameter(torch.zeros(self.n_experts, 1, width, device=w.device, dtype=w.dtype)))
+        return ("b_fc", "b_proj")
+
     # ------------------------------------------------------------------------------------
     # routing
 
     def route(self, x):
         """x: (N, C) -> (expert ids (N, k), gates (N, k), probs (N, E), logits (N, E)), in fp32."""
         with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.router.weight.float())  # (N, E)
+            # through the modules, not their .weight: PEFT may wrap them (LoRA on the router)
+            logits = self.router(x.float())  # (N, E); the router's weights are fp32
             if self.noise is not None and self.training:
-                scale = F.softplus(F.linear(x.float(), self.noise.weight.float()))
+                scale = F.softplus(self.noise(x.float()))
                 logits = logits + torch.randn_like(logits) * scale
             probs = logits.softmax(dim=-1)
             top_p, top_i = probs.topk(self.top_k, dim=-1)  # (N, k)

@@ -250,7 +250,14 @@ def apply_lora(model, targets="c_attn[q,v]", r=8, alpha=16.0, dropout=0.0, rslor
                 f"{describe_names(candidates)}{note}"
             )
         for n in hits:
-            chosen[n] = parts
+            # two patterns hitting one module adapt the union of what they name:
+            # c_attn[q] + c_attn[v] is c_attn[q,v]; c_attn + c_attn[q] is all of c_attn
+            if n in chosen and (chosen[n] is None or parts is None):
+                chosen[n] = None
+            elif n in chosen:
+                chosen[n] = tuple(dict.fromkeys(chosen[n] + parts))
+            else:
+                chosen[n] = parts
     for n, parts in chosen.items():
         base = model.get_submodule(n)
         short = n.rpartition(".")[2]
@@ -316,14 +323,18 @@ class Adapted(nn.Module):
         _mark(self.adapter_up, "weight", "bias")
 
     def forward(self, *args, **kwargs):
-        h = self.sublayer(*args, **kwargs)  # (..., dim)
-        return h + self.adapter_up(F.gelu(self.adapter_down(h)))
+        out = self.sublayer(*args, **kwargs)
+        # a sublayer may return (output, extras), as an MoE returns (y, aux): adapt the output
+        h = out[0] if isinstance(out, tuple) else out  # (..., dim)
+        h = h + self.adapter_up(F.gelu(self.adapter_down(h)))
+        return (h,) + out[1:] if isinstance(out, tuple) else h
 
 
 def apply_adapters(model, targets="attn,mlp", size=16):
     """Follow every module whose name matches one of `targets` with an adapter of bottleneck
     width `size`; only PEFT parameters stay trainable. The adapter's width d is the
-    out_features of the sublayer's last nn.Linear (its output projection). Returns the names."""
+    sublayer's own `out_features` where it declares one (an MoE, whose last nn.Linear is its
+    router), else the out_features of its last nn.Linear (its output projection). Returns the names."""
     names = [n for n, m in model.named_modules() if n and not isinstance(m, Adapted)]
     chosen = []
     for pattern, parts in split_patterns(targets):
@@ -337,9 +348,10 @@ def apply_adapters(model, targets="attn,mlp", size=16):
     for n in chosen:
         sub = model.get_submodule(n)
         outs = [m.out_features for m in sub.modules() if isinstance(m, nn.Linear)]
-        if not outs:
+        width = getattr(sub, "out_features", None) or (outs[-1] if outs else None)
+        if width is None:
             raise ValueError(f"adapter target '{n}' has no nn.Linear inside, so its output width is unknown")
-        replace_module(model, n, Adapted(sub, outs[-1], size))
+        replace_module(model, n, Adapted(sub, width, size))
     mark_only_peft_trainable(model)
     return chosen
 
@@ -353,10 +365,14 @@ def apply_bitfit(model, layernorm=False):
     with layernorm=True the LayerNorm gains too. A module built without a bias (GPT with
     bias=False, nanoGPT's default) gets a zero-initialised one, so the model starts exactly
     equal to the base; a bias=False GPT then has the parameters of a bias=True one. A Linear
-    tied to another module (the output head) is left alone. Returns the trained names."""
+    tied to another module (the output head) or marked `bitfit_skip` (an MoE's router) is
+    left alone; a module with a `bitfit_biases()` method (an MoE: its experts' biases) makes
+    and names its own. Returns the trained names."""
     owners = tied_parameter_owners(model)
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and len(owners[id(m.weight)]) == 1:
+        if hasattr(m, "bitfit_biases"):  # a module with biases of its own kind: an MoE's experts'
+            _mark(m, *m.bitfit_biases())
+        elif isinstance(m, nn.Linear) and len(owners[id(m.weight)]) == 1 and not getattr(m, "bitfit_skip", False):
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros(m.out_features, device=m.weight.device, dtype=m.weight.dtype))
             _mark(m, "bias")

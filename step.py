@@ -13,8 +13,9 @@ What one optimizer step does (DESIGN.md, "How data flows"):
 
     for each of accumulation_steps micro-batches:
         x, y = windows.next()                                  (batches.py: seeded, exact resume)
-        with autocast: logits, loss = model(x, y)              (fp32 loss)
-                       loss = kd_alpha * KD + (1 - kd_alpha) * loss   (with a teacher: distill.py)
+        with autocast: logits, loss = model(x, y)              (fp32 loss; an MoE's: CE + aux)
+                       with a teacher (distill.py), instead:
+                       loss = kd_alpha * KD + (1 - kd_alpha) * CE + aux
         backward(scale(loss / accumulation_steps))             (the mean over the whole batch)
     [the caller stops here if the loss is not finite: the checkpoint stays intact]
     unscale -> clip the gradient norm -> AdamW step -> zero the gradients
@@ -87,8 +88,10 @@ def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teache
     """Gradients of one optimizer step, accumulated over micro-batches; returns the mean
     loss (a tensor: reading it is the caller's choice, since on CUDA that syncs). With a
     teacher (distill.OnlineTeacher or CachedTeacher) and kd (distill.KDConfig) the loss is
-    kd.kd_alpha * KD + (1 - kd.kd_alpha) * the model's loss, and terms (a dict) receives
-    the mean KD and CE."""
+    kd.kd_alpha * KD + (1 - kd.kd_alpha) * CE + aux, where aux (MoE students only) is the
+    routers' weighted balancing and z losses: they keep their own weights, since they
+    regularise the routing whatever the targets are. terms (a dict) receives the means of
+    KD, CE and (MoE) aux as "kd", "ce" and "moe_loss"."""
     loss_sum = 0.0
     for micro in range(accumulation_steps):
         # DDP averages the gradients over the processes during backward; only the last
@@ -97,13 +100,19 @@ def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teache
         with (run_model.no_sync() if hasattr(run_model, "no_sync") and not last else nullcontext()):
             x, y = windows.next()
             with ctx:
-                logits, loss = run_model(x, y)
-                if teacher is not None:
+                if teacher is None:
+                    logits, loss = run_model(x, y)
+                else:
+                    logits, parts = run_model(x, y, loss_parts=True)
                     kd_term = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), kd)
+                    # Hinton's mix weights two views of the target; the MoE losses are not about the target
+                    loss = kd.kd_alpha * kd_term + (1.0 - kd.kd_alpha) * parts["ce"]
+                    if "aux" in parts:
+                        loss = loss + parts["aux"]
                     if terms is not None:
-                        terms["kd"] = terms.get("kd", 0.0) + kd_term.detach() / accumulation_steps
-                        terms["ce"] = terms.get("ce", 0.0) + loss.detach() / accumulation_steps
-                    loss = kd.kd_alpha * kd_term + (1.0 - kd.kd_alpha) * loss
+                        for name, value in (("kd", kd_term), ("ce", parts["ce"]), ("moe_loss", parts.get("aux"))):
+                            if value is not None:
+                                terms[name] = terms.get(name, 0.0) + value.detach() / accumulation_steps
             loss_sum += loss.detach()
             # each micro-batch's loss is a mean over its tokens; dividing by the number of
             # micro-batches makes the summed gradient the mean over all of them, i.e. the

@@ -154,7 +154,7 @@ def setup(cfg, device, dtype, rank, world):
     optimizer = make_optimizer(model, tc)
     # distillation: an online teacher, or a cache whose windows the batches must follow
     try:
-        teacher = distill.make_teacher(kc, meta, mc.block_size, device)
+        teacher = distill.make_teacher(kc, meta, mc.block_size, device, train_data)
     except ValueError as e:
         raise UserError(str(e)) from None
     if isinstance(teacher, distill.CachedTeacher):
@@ -223,7 +223,11 @@ def restore_state(run, ckpt):
     run.optimizer.load_state_dict(ckpt["optimizer"])
     for group, decay in zip(run.optimizer.param_groups, (tc.weight_decay, 0.0)):
         group["weight_decay"], group["betas"] = decay, (tc.beta1, tc.beta2)  # today's config, not the saved one
-    run.scaler.load_state_dict(ckpt["scaler"])
+    if run.scaler.is_enabled() and not ckpt["scaler"]:
+        # saved by an fp32 or bf16 run, whose scaler was off: fp16 begins with a fresh scale
+        run.say("note: the checkpoint has no GradScaler state (it was trained without fp16); starting a fresh one")
+    else:
+        run.scaler.load_state_dict(ckpt["scaler"])
     run.iter_num, run.best_val_loss, run.elapsed_before = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
     run.start_iter = run.iter_num
     set_rng_state(ckpt["rng"], run.windows, run.rank, run.world)
@@ -308,7 +312,6 @@ def train_steps(run):
 def log_step(run, it, loss_value, lr, tok_s, terms):
     """A training row of metrics.jsonl; returns the progress bar's postfix."""
     row = {"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)}
-    row.update({k: v.item() for k, v in terms.items()})  # distillation: the KD and CE terms
     postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
     if run.moe:
         # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
@@ -317,6 +320,8 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
                    dropped=stats["dropped"], load=stats["load"])
         flat = [f for layer in stats["load"] for f in layer]
         postfix["load"] = f"{100 * min(flat):.0f}-{100 * max(flat):.0f}%"
+    # distillation: the step's mean KD, CE and (MoE) weighted aux terms; loss = alpha kd + (1 - alpha) ce + moe_loss
+    row.update({k: v.item() for k, v in terms.items()})
     log(run, row)
     return postfix
 

@@ -28,3 +28,14 @@ def char_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("char_dataset")
     prepare_dataset(text, str(out), tokenizer="char")
     return str(out)
+
+
+def exit_code(main, args, capsys):
+    """A command's main(args) as a user runs it: (exit code, what it printed to stderr)."""
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err

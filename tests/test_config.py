@@ -15,7 +15,7 @@ import distill
 import train
 from batches import load_dataset
 from config import load_config
-from conftest import TINY
+from conftest import TINY, exit_code
 from errors import UserError
 
 HUGE_INT = 10**30
@@ -107,13 +107,7 @@ def test_a_value_outside_its_domain_is_one_line_and_exit_2(key, probe, runs, cha
     if LEGAL.get((key, probe)) == SLOW:
         load_config(args)  # accepted; training it would take hours
         return
-    capsys.readouterr()
-    try:
-        train.main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
+    code, err = exit_code(train.main, args, capsys)
     if (key, probe) in LEGAL:
         # a setting: it trains, or stops at a non-finite loss with the one-line message
         assert code == 0 or (code == 2 and err.count("\n") == 1 and "stopped before the optimizer step" in err), err
@@ -137,3 +131,30 @@ def test_nan_and_inf_are_refused_by_the_type_check_too():
             config.check_value("learning_rate", bad)
     with pytest.raises(UserError, match="'learning_rate' expects a finite float, got 'nan'"):
         load_config(["--learning_rate=nan"])
+
+
+@pytest.mark.parametrize("source,where,what", [
+    ("n_layer = 2\nn_embd = 32 +\n", "line 2", "invalid syntax"),
+    ("n_layer = 2\n\nn_embd = width * 2\n", "line 3", "NameError: name 'width' is not defined"),
+    ("import nonexistent_module_xyz\n", "line 1", "ModuleNotFoundError"),
+    ("n_layer = 1 // 0\n", "line 1", "ZeroDivisionError"),
+])
+def test_a_config_file_that_does_not_run_is_one_line_naming_file_and_line(source, where, what, tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main([str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {path}, {where}: ") and what in err, err
+
+
+def test_a_decay_that_ends_inside_the_warmup_is_refused():
+    # warmup 5, decay over by iter 3: the rate would climb to 5/6 of the peak and drop straight to min_lr
+    for decay in (3, 5):
+        with pytest.raises(UserError, match=f"lr_decay_iters={decay} ends the schedule before warmup_iters=5 does"):
+            load_config(["--warmup_iters=5", f"--lr_decay_iters={decay}"])
+    load_config(["--warmup_iters=5", "--lr_decay_iters=6"])  # one step of decay
+    load_config(["--warmup_iters=5", "--lr_decay_iters=3", "--lr_schedule=constant"])  # constant never decays
+    load_config(["--warmup_iters=100", "--max_iters=10"])  # 0 = max_iters: a run that ends in its warmup

@@ -14,7 +14,7 @@ import distill
 import train
 from batches import RandomWindows, load_dataset
 from config import load_config
-from conftest import TINY
+from conftest import TINY, exit_code
 from distill import kd_loss, kd_loss_topk
 from errors import UserError
 from step import forward_backward
@@ -263,3 +263,96 @@ def test_the_kd_term_reaches_the_students_gradients(teacher_run, char_dataset, t
     for n, p in student.named_parameters():
         assert got[n].abs().sum() > 0, n
         torch.testing.assert_close(got[n], p.grad, rtol=1e-3, atol=1e-5)  # cache: fp16 logits
+
+
+# ----------------------------------------------------------------------------------------
+# mismatches refused before any file is written; an MoE student keeps its routing losses
+
+
+def test_an_online_teacher_with_a_shorter_context_is_refused_before_any_file(teacher_run, char_dataset, tmp_path,
+                                                                              capsys):
+    out = tmp_path / "student"
+    code, err = exit_code(train.main, TINY + [f"--dataset={char_dataset}", f"--out_dir={out}", "--block_size=32",
+                                       f"--teacher={teacher_run}", "--kd_alpha=0.5", "--max_iters=2"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "reads at most 16 tokens of context, the student 32" in err and "block_size <= 16" in err
+    assert not out.exists()  # no config.json, metrics.jsonl or ckpt.pt
+
+
+def test_a_cache_made_on_other_data_with_the_same_tokenizer_is_refused(teacher_run, char_dataset, tmp_path, capsys):
+    import json
+    import shutil
+
+    data, _, meta = load_dataset(char_dataset)
+    cache = str(tmp_path / "cache")
+    distill.build_cache(teacher_run, data, meta, cache, k=8, tail_temperatures=[1.0])
+    # another text in the same vocabulary: the same tokens in reverse order
+    other = tmp_path / "other"
+    shutil.copytree(char_dataset, other)
+    np.asarray(data)[::-1].copy().tofile(other / "train.bin")
+    args = TINY + [f"--soft_labels={cache}", "--kd_alpha=0.5", "--max_iters=1", "--eval_iters=1"]
+    code, err = exit_code(train.main, args + [f"--dataset={other}", f"--out_dir={tmp_path / 'a'}"], capsys)
+    assert code == 2 and "was made on another training split" in err and "remake it" in err, err
+    assert not (tmp_path / "a").exists()
+    # the data it was made on is accepted
+    code, err = exit_code(train.main, args + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'b'}"], capsys)
+    assert code == 0, err
+    # a cache that does not say what it was made on cannot be checked: refused too
+    with open(os.path.join(cache, "meta.json")) as f:
+        m = json.load(f)
+    del m["data_sha256"]
+    with open(os.path.join(cache, "meta.json"), "w") as f:
+        json.dump(m, f)
+    code, err = exit_code(train.main, args + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'c'}"], capsys)
+    assert code == 2 and "does not record which data" in err, err
+
+
+MOE_STUDENT = ["--moe_num_experts=4", "--moe_top_k=2", "--moe_aux_loss_coef=1.0", "--moe_z_loss_coef=0.1"]
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.0])
+def test_an_moe_students_routing_losses_keep_their_weight_under_kd(teacher_run, char_dataset, alpha):
+    """The objective is alpha KD + (1 - alpha) CE + aux: the balancing and z losses are not
+    scaled by 1 - alpha (at alpha = 1 they would vanish). Reference gradients come from
+    the model's summed loss, with its CE computed here from the logits."""
+    from torch.nn import functional as F
+
+    from model import GPT
+
+    data, _, meta = load_dataset(char_dataset)
+    cfg = load_config(TINY + MOE_STUDENT + [f"--kd_alpha={alpha}", f"--teacher={teacher_run}", "--kd_temperature=2"])
+    cfg.model.vocab_size = meta["vocab_size"]
+    teacher_model, _ = distill.load_teacher(teacher_run, meta)
+    torch.manual_seed(0)
+    student = GPT(cfg.model)
+    windows = RandomWindows(data, 4, 16, "cpu", 0)
+    forward_backward(student, windows, torch.autocast("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=False),
+                     1, distill.OnlineTeacher(teacher_model), cfg.kd)
+    got = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    windows.generator.manual_seed(0)
+    x, y = windows.next()
+    with torch.no_grad():
+        t_logits, _ = teacher_model(x)
+    logits, total = student(x, y)  # CE + aux
+    ce = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+    aux = total - ce
+    assert aux.item() > 0.5  # the balancing loss at coefficient 1 is ~1
+    (alpha * kd_loss(logits, t_logits, 2.0) + (1 - alpha) * ce + aux).backward()
+    for n, p in student.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_an_moe_student_logs_ce_kd_and_its_routing_losses_apart(teacher_run, char_dataset, tmp_path):
+    import json
+
+    out = tmp_path / "student"
+    run(MOE_STUDENT + ["--max_iters=3", "--eval_interval=3", "--log_interval=1", f"--teacher={teacher_run}",
+                       "--kd_alpha=0.7", "--gradient_accumulation_steps=2"], str(out), char_dataset)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
+    assert len(rows) == 3
+    for r in rows:
+        assert {"ce", "kd", "moe_loss", "aux_loss", "z_loss", "load"} <= set(r)
+        # the logged loss is exactly the objective, from its logged parts; ce is the CE alone
+        assert r["loss"] == pytest.approx(0.7 * r["kd"] + 0.3 * r["ce"] + r["moe_loss"], abs=1e-5)
+        assert r["moe_loss"] > 0.5 and abs(r["loss"] - (0.7 * r["kd"] + 0.3 * (r["ce"] + r["moe_loss"]))) > 0.3

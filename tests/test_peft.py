@@ -406,3 +406,50 @@ def test_peft_config_errors(base_run, char_dataset, tmp_path):
     export_merged(out, str(tmp_path / "merged"))
     with pytest.raises(UserError, match="exported checkpoint"):
         run(["--init_from=resume", "--max_iters=9"], str(tmp_path / "merged"), char_dataset)
+
+
+def test_lora_scaling_is_alpha_over_sqrt_r_with_rslora_and_alpha_over_r_without():
+    # with B = 0 (the start) any scaling gives the same output: B gets random values here,
+    # and r = 4 tells the two apart (sqrt(4) = 2 != 4)
+    for rslora, scaling in ((True, 8 / 2), (False, 8 / 4)):  # alpha = 8, r = 4
+        torch.manual_seed(0)
+        base = torch.nn.Linear(16, 12)
+        layer = LoRALinear(base, r=4, alpha=8, rslora=rslora)
+        with torch.no_grad():
+            layer.lora_B.normal_()
+        x = torch.randn(5, 16)
+        A, B = layer.lora_A, layer.lora_B[0]  # (r, in), (out, r): one part covers the whole output
+        torch.testing.assert_close(layer(x) - base(x), scaling * x @ A.t() @ B.t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("targets,parts", [("c_attn[q],c_attn[v]", [0, 2]), ("c_attn[v], c_attn[q]", [0, 2]),
+                                           ("c_attn,c_attn[q]", None), ("c_attn[k],c_attn", None),
+                                           ("c_attn[q],h.1.attn.c_attn[k]", [0])])
+def test_two_lora_patterns_on_one_module_adapt_the_union_of_their_parts(targets, parts):
+    """The last pattern used to win: c_attn[q],c_attn[v] adapted v only."""
+    model = tiny_gpt()
+    apply_lora(model, targets, r=2)
+    layer = model.transformer.h[0].attn.c_attn
+    if parts is None:  # the whole projection: one update over all 96 outputs
+        assert layer.covers_all and tuple(layer.lora_B.shape) == (1, 96, 2)
+    else:
+        assert layer.k == len(parts) and layer.lora_cols.view(len(parts), -1)[:, 0].tolist() == [32 * p for p in parts]
+    if targets.startswith("c_attn[q],h.1"):
+        assert model.transformer.h[1].attn.c_attn.lora_cols.view(2, -1)[:, 0].tolist() == [0, 32]  # q and k
+
+
+@pytest.mark.parametrize("key,value", [("lora_alpha", 64.0), ("lora_rslora", True)])
+def test_resuming_a_lora_run_with_another_scale_is_refused(key, value, base_run, char_dataset, tmp_path, capsys):
+    """lora_alpha and lora_rslora set what the saved A and B mean (the update is scaling B A):
+    a resume that changed them would continue from another model, its first eval skipped."""
+    out = str(tmp_path / "lora")
+    finetune(base_run, char_dataset, out, ["--peft=lora", "--lora_targets=c_attn"], iters=2)
+    before = file_sha256(os.path.join(out, "ckpt.pt"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(["--init_from=resume", f"--out_dir={out}", "--max_iters=4", f"--{key}={value}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"{key}={value} differs from the checkpoint's" in err, err
+    assert file_sha256(os.path.join(out, "ckpt.pt")) == before
+    # lora_dropout does not change what the tensors mean: it may change on resume
+    train.train(load_config(["--init_from=resume", f"--out_dir={out}", "--max_iters=3", "--lora_dropout=0.1"]))

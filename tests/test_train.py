@@ -3,6 +3,7 @@ negative control), atomic checkpoints, refusal of code-running pickles, the non-
 stop, fixed-batch evaluation, bf16 autocast, and sampling from a checkpoint."""
 
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -358,3 +359,38 @@ def test_fine_tune_starts_from_the_base_weights(tmp_path, char_dataset):
     assert first["iter"] == 1 and load_state(tmp_path / "ft")["iter_num"] == 1
     with pytest.raises(UserError, match="n_embd=64 differs from the checkpoint's n_embd=32"):
         load_config([f"--init_from={base}", "--n_embd=64", "--n_head=2"])
+
+
+def test_resuming_on_fp16_a_run_saved_without_a_scaler_starts_a_fresh_one(tmp_path, char_dataset, monkeypatch,
+                                                                          capsys):
+    """A run begun in fp32 (or bf16) saves its disabled GradScaler as {}; resuming it where
+    dtype=auto picks fp16 (a CUDA GPU) enables the scaler, which refuses an empty state.
+    The GPU's choice is simulated here: CPU autocast runs fp16 too."""
+    out = str(tmp_path / "run")
+    run_train(["--max_iters=2", "--eval_iters=1", "--eval_interval=2"], out, char_dataset)
+    assert load_state(out)["scaler"] == {}
+    monkeypatch.setattr(train, "resolve_system", lambda device, dtype: ("cpu", "float16"))
+    capsys.readouterr()
+    row = train.train(load_config(["--init_from=resume", f"--out_dir={out}", "--max_iters=3"]))
+    assert row["iter"] == 3 and math.isfinite(row["val_loss"])
+    assert "no GradScaler state" in capsys.readouterr().out
+    assert load_state(out)["scaler"]["scale"] > 0  # the fresh scaler, saved
+
+
+def test_fine_tuning_into_the_base_folder_is_refused_before_anything_is_written(tmp_path, char_dataset, capsys,
+                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = str(tmp_path / "out")  # the default out_dir's name
+    run_train(["--max_iters=2", "--eval_iters=1", "--eval_interval=2"], base, char_dataset)
+    before = checkpoint.file_sha256(os.path.join(base, "ckpt.pt"))
+    files = sorted(os.listdir(base))
+    # the same folder, spelled four ways (the default out_dir included); full fine-tuning and PEFT alike
+    for init_from, out_dir, extra in [("out", None, ["--peft=lora"]), (base, base, ["--peft=adapter"]),
+                                      (base, base + "/", []), ("./out", base, ["--peft=bitfit"])]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            train.main(TINY + [f"--dataset={char_dataset}", f"--init_from={init_from}", "--max_iters=1"] + extra
+                       + ([f"--out_dir={out_dir}"] if out_dir else []))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "would overwrite the checkpoint it starts from" in err
+    assert checkpoint.file_sha256(os.path.join(base, "ckpt.pt")) == before and sorted(os.listdir(base)) == files
