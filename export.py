@@ -51,7 +51,7 @@ def export_merged(run_dir, to_dir):
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.strip().split("\n\n")[0].split()))  # 1st paragraph
     p.add_argument("--out_dir", required=True, help="the PEFT run folder to export")
     p.add_argument("--to", required=True, help="folder for the plain checkpoint (ckpt.pt)")
     args = p.parse_args(argv)
