@@ -137,7 +137,8 @@ PEFT_KEYS = SECTION_KEYS["peft"]
 # their shapes, or (n_head, the MoE routing) decide what the weights compute
 MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "moe_every", "moe_shared_expert",
                  "moe_noisy"]
-ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + MOE_ARCH_KEYS
+ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary"]
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + MOE_ARCH_KEYS
 # a fine-tune takes these from its base: the architecture, and the MoE training settings
 # (capacity, loss weights), which it may change
 INHERITED_KEYS = ARCH_KEYS + ["block_size", "moe_capacity_factor", "moe_eval_capacity_factor", "moe_aux_loss_coef",
@@ -318,6 +319,10 @@ def validate(cfg, overrides):
             if key.startswith(prefix) and pc.peft != method:
                 raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
                                 f"add --peft={method} or drop --{key}")
+    for key, kind in (("attn_window", "sliding"), ("attn_block", "blocksparse"), ("attn_summary", "blocksparse")):
+        if key in overrides and mc.attention != kind:
+            raise UserError(f"{key} is a setting of attention='{kind}' but attention='{mc.attention}'; "
+                            f"add --attention={kind} or drop --{key}")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
                         f"the layer's smaller side; use lora_r <= {mc.n_embd}")

@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from attention import KINDS, KVCache, attend, dropout_mask
 from moe import MoE
 
 
@@ -47,6 +48,11 @@ class GPTConfig:
     dropout: float = 0.0  # on embeddings, attention weights and both residual branches
     bias: bool = False  # biases in Linear and LayerNorm (GPT-2: True; nanoGPT: False is a bit better)
     grad_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    # which earlier positions a token attends to (attention.py)
+    attention: Literal["full", "sliding", "blocksparse"] = "full"  # sparse kinds cost ~T * window, not T^2
+    attn_window: int = 128  # sliding: the last attn_window positions, itself included
+    attn_block: int = 64  # blocksparse: block length
+    attn_summary: int = 8  # blocksparse: the last attn_summary positions of each earlier block (0: blocks alone)
     # mixture of experts (moe.py): off at moe_num_experts = 0
     moe_num_experts: int = 0  # experts per MoE layer; 0 = a dense MLP in every block
     moe_top_k: int = 2  # experts per token (the Switch router takes 1)
@@ -63,11 +69,16 @@ class GPTConfig:
 
     def __post_init__(self):
         # every key's domain; each check reads "not (inside the domain)", so a NaN fails it too
-        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "moe_top_k", "moe_every"):
+        for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "moe_top_k", "moe_every", "attn_window",
+                    "attn_block"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if not 0 <= self.attn_summary <= self.attn_block:
+            raise ValueError(f"attn_summary={self.attn_summary} must be in [0, attn_block={self.attn_block}]")
+        if self.attention not in KINDS:
+            raise ValueError(f"attention='{self.attention}': use one of {', '.join(KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         for key in ("moe_num_experts", "moe_hidden", "moe_aux_loss_coef", "moe_z_loss_coef"):
@@ -98,22 +109,6 @@ class GPTConfig:
 # dropout
 
 
-def dropout_mask(shape, p, device):
-    """(bool mask, True where an element is dropped; the scale 1/(1-p) for the rest).
-
-    F.dropout on CPU draws one float per element through bernoulli_ (~9 ns each here);
-    we draw 64-bit integers instead (~4 ns per 8 bytes) and read them as int16, so one
-    draw covers 4 elements. p is rounded to a multiple of 1/65536 and the scale uses the
-    rounded p, so the expectation stays exact. The draws come from torch's global
-    generator: torch.manual_seed and gradient checkpointing's RNG replay govern them
-    exactly as they govern F.dropout."""
-    n = math.prod(shape)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-    bits = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
-    n_drop = min(round(p * 65536), 65535)  # how many of the 65536 values mean "drop"
-    return bits < n_drop - 32768, 65536.0 / (65536 - n_drop)
-
-
 def dropout(x, p, training):
     """Inverted dropout (Srivastava et al. 2014): zero each element with probability p and
     scale the survivors by 1/(1-p), so the expected value is unchanged. F.dropout on CUDA;
@@ -140,15 +135,22 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.kind = (config.attention, config.attn_window, config.attn_block, config.attn_summary)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """(B, T, C) -> (B, T, C). cache (attention.KVCache, generation): an empty one takes
+        x as the whole context from position 0; a filled one takes x as the next token."""
         B, T, C = x.size()  # batch, time, channels (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if self.training and self.dropout > 0.0 and not x.is_cuda:
+        if cache is not None:
+            y = cache.step(q, k, v) if cache.length else cache.prefill(q, k, v)
+        elif self.kind[0] != "full":
+            y = attend(q, k, v, *self.kind, p=self.dropout if self.training else 0.0)
+        elif self.training and self.dropout > 0.0 and not x.is_cuda:
             y = self._attention_with_dropout(q, k, v)
         else:
             # flash attention (CUDA) / fused CPU kernel; on CUDA it applies dropout itself
@@ -209,10 +211,11 @@ class Block(nn.Module):
         self.mlp = MoEFeedForward(config) if moe else MLP(config)
         self.is_moe = moe
 
-    def forward(self, x):
-        """(B, T, C) -> (B, T, C), and the MoE's aux dict (None for a dense block)."""
+    def forward(self, x, cache=None):
+        """(B, T, C) -> (B, T, C), and the MoE's aux dict (None for a dense block). cache:
+        this block's attention.KVCache, in generation."""
         # pre-LayerNorm residual block (GPT-2, section 2.3)
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), cache)
         if self.is_moe:
             y, aux = self.mlp(self.ln_2(x))
             return x + y, aux
@@ -272,20 +275,25 @@ class GPT(nn.Module):
         """(B, T) token ids -> (B, T, n_embd) after the final LayerNorm."""
         return self._trunk(idx)[0]
 
-    def _trunk(self, idx):
-        """(B, T) -> ((B, T, n_embd) after the final LayerNorm, the MoE layers' aux dicts)."""
+    def _trunk(self, idx, caches=None):
+        """(B, T) -> ((B, T, n_embd) after the final LayerNorm, the MoE layers' aux dicts).
+        caches (generation): one attention.KVCache per block; idx continues their context."""
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        start = caches[0].length if caches else 0  # the position of idx's first token
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
         x = dropout(x, self.config.dropout, self.training)
         # checkpointing only when a backward will follow; RNG state is saved and replayed
         # (preserve_rng_state defaults to True), so recomputed dropout masks match
         recompute = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
         auxes = []
-        for block in self.transformer.h:
-            x, aux = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+        for i, block in enumerate(self.transformer.h):
+            if caches:
+                x, aux = block(x, caches[i])
+            else:
+                x, aux = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if aux is not None:
                 auxes.append(aux)
         return self.transformer.ln_f(x), auxes
@@ -342,12 +350,33 @@ class GPT(nn.Module):
         return 6 * N + 12 * L * T * C
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, kv_cache=True):
         """Extend idx (B, T) by max_new_tokens sampled tokens. temperature=0 is greedy.
-        Pass a seeded torch.Generator for reproducible samples. Call model.eval() first."""
+        Pass a seeded torch.Generator for reproducible samples. Call model.eval() first.
+
+        The context: at most block_size tokens (the last block_size of a longer prompt).
+        Positions are learned and absolute, so a context cannot slide one token at a time
+        without recomputing every position; when it is full it drops its older half and
+        restarts at position 0 (each token is predicted from between block_size/2 and
+        block_size tokens). kv_cache=True keeps each layer's keys and values (attention.KVCache)
+        and runs only the new token through the model, re-reading the context once per
+        block_size/2 tokens; kv_cache=False recomputes the whole context for every token.
+        Both give the same tokens (tests/test_attention.py)."""
+        L = self.config.block_size
+        start = max(0, idx.size(1) - L)  # the context is idx[:, start:]
+        caches = None
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]  # the model sees at most block_size tokens
-            logits = self.lm_head(self._trunk(context)[0][:, -1, :]).float()  # (B, vocab)
+            if idx.size(1) - start > L:  # full: drop the older half
+                start, caches = max(start + L // 2, idx.size(1) - L), None
+            if not kv_cache:
+                h = self._trunk(idx[:, start:])[0]
+            elif caches is None:  # a new context: read it whole, keeping its keys and values
+                c = self.config
+                caches = [KVCache(c.attention, L, c.attn_window, c.attn_block, c.attn_summary) for _ in self.transformer.h]
+                h = self._trunk(idx[:, start:], caches)[0]
+            else:  # only the newest token
+                h = self._trunk(idx[:, -1:], caches)[0]
+            logits = self.lm_head(h[:, -1, :]).float()  # (B, vocab)
             if temperature == 0.0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -59,10 +59,16 @@ LEGAL = {
     ("kd_alpha", "zero"): "no KD term (KD is still logged)",
     ("kd_temperature", "huge"): "both distributions near uniform",
     ("kd_top_k", "zero"): "every logit the cache holds",
+    ("attn_window", "huge"): "a window past the context: full causal attention",
+    ("attn_block", "huge"): "one block past the context: full causal attention",
+    ("attn_summary", "zero"): "blocks that see only themselves",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
 CONTEXT = {
     "moe_": ["--moe_num_experts=4"],
+    "attn_window": ["--attention=sliding"],
+    "attn_block": ["--attention=blocksparse"],
+    "attn_summary": ["--attention=blocksparse"],
     "lora_": ["--peft=lora", "--init_from={base}"],
     "adapter_": ["--peft=adapter", "--init_from={base}"],
     "kd_alpha": ["--teacher={base}"],
