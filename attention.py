@@ -34,10 +34,12 @@ How the sparse kinds are computed: in tiles, each a call of PyTorch's fused atte
   blocksparse  each block of queries attends to [the summary keys of all blocks, its own
                block] with a mask (later blocks' summaries masked, its own block causal).
                Scored pairs: n * block * (n * summary + block), n = ceil(T / block): linear
-               while n * summary stays below block, quadratic with a small constant after.
-The tiles are batched: one fused call per kind and layer, the tiles folded into the batch
-dimension (a 5-D call leaves the fused kernel; 4-D keeps it). scored_pairs gives each
-kind's count, and tests/test_attention.py checks it against the calls actually made.
+               while n * summary stays below block, quadratic with a small constant after
+               (summary 0: n causal tiles, n * block(block+1)/2).
+The tiles are batched: one fused call per kind and layer (sliding: two, its first chunk
+apart), the tiles folded into the batch dimension (a 5-D call leaves the fused kernel; 4-D
+keeps it). scored_pairs gives each kind's count, and tests/test_attention.py checks it
+against the calls actually made.
 
 Dropout on the attention weights: SDPA applies it on CUDA; on CPU the tiles are computed by
 hand with dropout_mask (CPU SDPA with dropout_p > 0 leaves its fused kernel; see model.py).
@@ -84,9 +86,11 @@ def scored_pairs(T, kind, window=0, block=0, summary=0):
         return T * (T + 1) // 2
     if kind == "sliding":
         n = -(-T // window)
-        return window * (window + 1) // 2 + (n - 1) * window * 2 * window
+        return n * window * 2 * window
     n = -(-T // block)
-    return n * block * (n * summary + block)
+    if summary == 0:  # blocks alone: one causal tile per block
+        return n * block * (block + 1) // 2
+    return n * block * ((n - 1) * summary + block)
 
 
 def describe(T, kind, window=0, block=0, summary=0):
@@ -116,84 +120,142 @@ def dropout_mask(shape, p, device):
 
 
 # ----------------------------------------------------------------------------------------
-# computing them
+# computing them: a plan of tiles, run by the fused kernel
+
+
+def sliding_plan(T, window, device="cpu"):
+    """Chunks of `window` queries, chunk c reading the keys of chunks c-1 and c: (tile
+    length, key positions (n, 2w), allowed (n, w, 2w))."""
+    w = window
+    n = -(-T // w)
+    c = torch.arange(n, device=device)[:, None, None]
+    r = torch.arange(w, device=device)[None, :, None]
+    s = torch.arange(2 * w, device=device)[None, None, :]
+    index = ((c - 1) * w + s)[:, 0]  # (n, 2w); chunk 0's first w are before the text
+    # query c*w + r sees key (c-1)*w + s when r < s <= r + w: the last w positions
+    ok = (s > r) & (s <= r + w) & (index >= 0)[:, None] & (index < T)[:, None]
+    return w, index, ok
+
+
+def blocksparse_plan(T, block, summary, device="cpu"):
+    """Blocks of `block` queries, each reading every earlier block's summary keys (all
+    blocks' but the last, masked per block) and its own block: (tile length, key positions
+    (n, (n-1)*summary + block), allowed (n, block, same))."""
+    b, c = block, summary
+    n = -(-T // b)
+    blk = torch.arange(n, device=device)
+    summaries = (blk[:-1, None] * b + torch.arange(b - c, b, device=device)).flatten()  # ((n-1)*c,)
+    own = blk[:, None] * b + torch.arange(b, device=device)  # (n, b)
+    index = torch.cat([summaries.expand(n, -1), own], dim=1)
+    earlier = (summaries // b)[None, None, :] < blk[:, None, None]  # (n, 1, (n-1)*c)
+    causal = torch.ones(b, b, dtype=torch.bool, device=device).tril()
+    ok = torch.cat([earlier.expand(n, b, -1), causal.expand(n, b, b)], dim=2) & (index < T)[:, None, :]
+    return b, index, ok
+
+
+def _flash(q, k, v, ok):
+    """PyTorch's fused CPU attention on tiles, with the log-sum-exp its backward needs:
+    (N, n, L, hs) x (N, n, S, hs), ok (n, L, S) -> out (N, n, L, hs), lse (N, n, L)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=_additive(ok, q.dtype))
+
+
+def _additive(ok, dtype):
+    """The kernel's mask: (1, n, L, S) of 0 where allowed and -inf elsewhere, in q's dtype."""
+    return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf")).unsqueeze(0)
+
+
+class TiledAttention(torch.autograd.Function):
+    """Attention over tiles of L consecutive queries, tile i reading the keys at index[i]
+    (positions; the ones outside the text masked), a few tiles at a time: the gathered keys
+    and values of all tiles at once would take (S / L) times the memory of k and v. Forward
+    keeps the output and the log-sum-exp; backward gathers each group's keys again, asks
+    the kernel for its gradients and adds the keys' back to their positions (index_add_).
+    Peak memory: the output, the three gradients and one group's tiles, as fused full
+    attention's (bench.py --attention). (B*H, n*L, hs) tensors in and out."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, L, index, ok):
+        N, TL, hs = q.shape
+        n, S = index.shape
+        group = max(1, TL // (8 * S))  # tiles per kernel call: one group's keys are an eighth of k's size
+        where = index.clamp(0, k.shape[1] - 1)  # masked positions read any real row
+        qt = q.view(N, n, L, hs)
+        out, lse = torch.empty_like(qt), None
+        for g0 in range(0, n, group):
+            g = slice(g0, min(g0 + group, n))
+            rows = where[g].flatten()
+            kg, vg = (t.index_select(1, rows).view(N, -1, S, hs) for t in (k, v))  # (N, tiles, S, hs)
+            o, l = _flash(qt[:, g], kg, vg, ok[g])
+            lse = l.new_empty(N, n, L) if lse is None else lse  # fp32 under bf16 inputs
+            out[:, g], lse[:, g] = o, l
+        ctx.save_for_backward(q, k, v, out, lse, where, ok)
+        ctx.L, ctx.group = L, group
+        return out.view(N, TL, hs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, where, ok = ctx.saved_tensors
+        N, TL, hs = q.shape
+        n, S = where.shape
+        qt, gt = q.view(N, n, ctx.L, hs), grad.contiguous().view(N, n, ctx.L, hs)
+        dq, dk, dv = torch.empty_like(qt), torch.zeros_like(k), torch.zeros_like(v)
+        for g0 in range(0, n, ctx.group):
+            g = slice(g0, min(g0 + ctx.group, n))
+            rows = where[g].flatten()
+            kg, vg = (t.index_select(1, rows).view(N, -1, S, hs) for t in (k, v))
+            a, b, c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                gt[:, g], qt[:, g], kg, vg, out[:, g], lse[:, g], 0.0, False, attn_mask=_additive(ok[g], q.dtype))
+            dq[:, g] = a
+            dk.index_add_(1, rows, b.reshape(N, -1, hs))  # masked entries carry zero gradient
+            dv.index_add_(1, rows, c.reshape(N, -1, hs))
+        return dq.view(N, TL, hs), dk, dv, None, None, None
+
+
+def _run_plan(q, k, v, plan, p):
+    """q, k, v (B, H, T, hs) through a plan's tiles -> (B, H, T, hs)."""
+    B, H, T, hs = q.shape
+    L, index, ok = plan
+    n = index.shape[0]
+    if n * L > T:  # the last tile is partial: pad the queries (their outputs are dropped)
+        q = F.pad(q, (0, 0, 0, n * L - T))
+    if p == 0.0 and not q.is_cuda:
+        y = TiledAttention.apply(q.reshape(B * H, n * L, hs), k.reshape(B * H, T, hs), v.reshape(B * H, T, hs),
+                                 L, index, ok)
+    else:  # CUDA, or dropout: every tile at once through autograd (fused SDPA, or by hand for CPU dropout)
+        where = index.clamp(0, T - 1).flatten()
+        kg, vg = (t.reshape(B * H, T, hs)[:, where].view(B * H, n, -1, hs) for t in (k, v))
+        y = _tiles(q.reshape(B * H, n, L, hs), kg, vg, mask=ok, p=p)
+    return y.reshape(B, H, n * L, hs)[:, :, :T]
 
 
 def _tiles(q, k, v, mask=None, causal=False, p=0.0):
-    """Attention over a batch of tiles, (N, H, L, hs) x (N, H, S, hs) -> (N, H, L, hs); mask
-    (L, S) or broadcastable, True = may attend. Fused SDPA, or by hand for CPU dropout."""
+    """Attention over a batch of tiles, (N, n, L, hs) x (N, n, S, hs) -> (N, n, L, hs); mask
+    (n, L, S) or broadcastable, True = may attend. Fused SDPA, or by hand for CPU dropout."""
     if p == 0.0 or q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
     L, S = q.shape[-2], k.shape[-2]
     if causal:
         mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (N, H, L, S)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (N, n, L, S)
     att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
     drop, scale = dropout_mask(att.shape, p, att.device)
     return (att.masked_fill(drop, 0.0) @ v) * scale
 
 
-def sliding_attention(q, k, v, window, p=0.0):
-    """Each query attends to the last `window` positions, itself included. (B, H, T, hs)."""
-    B, H, T, hs = q.shape
-    w = window
-    if T <= w:  # every query sees every earlier position: plain causal attention
-        return _tiles(q, k, v, causal=True, p=p)
-    n = -(-T // w)  # chunks of w queries; padding at the end is seen by padding queries only
-    pad = n * w - T
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    qc, kc, vc = (t.view(B, H, n, w, hs) for t in (q, k, v))
-    first = _tiles(qc[:, :, 0], kc[:, :, 0], vc[:, :, 0], causal=True, p=p)  # (B, H, w, hs)
-    # chunk c >= 1 attends to the keys of chunks c-1 and c: (B*H*(n-1), 1, 2w, hs), a 4-D
-    # batch of tiles (SDPA keeps its fused kernel in 4-D, not in 5-D)
-    k2 = torch.cat([kc[:, :, :-1], kc[:, :, 1:]], dim=3).reshape(B * H * (n - 1), 1, 2 * w, hs)
-    v2 = torch.cat([vc[:, :, :-1], vc[:, :, 1:]], dim=3).reshape(B * H * (n - 1), 1, 2 * w, hs)
-    q2 = qc[:, :, 1:].reshape(B * H * (n - 1), 1, w, hs)
-    # query r of a chunk (absolute c*w + r) sees key s of the 2w (absolute (c-1)*w + s)
-    # when r < s <= r + w: the band of the last w positions
-    r = torch.arange(w, device=q.device)[:, None]
-    s = torch.arange(2 * w, device=q.device)[None, :]
-    band = (s > r) & (s <= r + w)  # (w, 2w), the same for every chunk
-    rest = _tiles(q2, k2, v2, mask=band, p=p).view(B, H, (n - 1) * w, hs)
-    return torch.cat([first, rest], dim=2)[:, :, :T]
-
-
-def blocksparse_attention(q, k, v, block, summary, p=0.0):
-    """Sparse Transformer "fixed" pattern: own block (causal) + the last `summary`
-    positions of every earlier block. (B, H, T, hs)."""
-    B, H, T, hs = q.shape
-    b, c = block, summary
-    if T <= b:  # one block: plain causal attention
-        return _tiles(q, k, v, causal=True, p=p)
-    n = -(-T // b)
-    pad = n * b - T
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    qb, kb, vb = (t.reshape(B * H, n, b, hs) for t in (q, k, v))  # blocks as "heads" of a B*H batch
-    if c == 0:
-        y = _tiles(qb, kb, vb, causal=True, p=p)
-    else:
-        ks = kb[:, :, b - c:].reshape(B * H, 1, n * c, hs).expand(-1, n, -1, -1)  # every block's summary keys
-        vs = vb[:, :, b - c:].reshape(B * H, 1, n * c, hs).expand(-1, n, -1, -1)
-        k2 = torch.cat([ks, kb], dim=2)  # (B*H, n, n*c + b, hs)
-        v2 = torch.cat([vs, vb], dim=2)
-        blk = torch.arange(n, device=q.device)
-        earlier = (torch.arange(n * c, device=q.device) // c)[None, :] < blk[:, None]  # (n, n*c): earlier blocks' summaries
-        causal = torch.ones(b, b, dtype=torch.bool, device=q.device).tril()
-        mask = torch.cat([earlier[:, None, :].expand(n, b, n * c), causal.expand(n, b, b)], dim=2)  # (n, b, n*c + b)
-        y = _tiles(qb, k2, v2, mask=mask, p=p)
-    return y.reshape(B, H, n * b, hs)[:, :, :T]
-
-
 def attend(q, k, v, kind, window=0, block=0, summary=0, p=0.0):
     """Causal attention of the given kind; q, k, v: (B, H, T, hs) -> (B, H, T, hs)."""
-    if kind == "full":
-        return _tiles(q, k, v, causal=True, p=p)
+    T = q.shape[2]
+    if kind == "full" or (kind == "sliding" and T <= window) or (kind == "blocksparse" and T <= block):
+        return _tiles(q, k, v, causal=True, p=p)  # every query sees every earlier position
     if kind == "sliding":
-        return sliding_attention(q, k, v, window, p)
+        return _run_plan(q, k, v, sliding_plan(T, window, q.device), p)
+    if kind == "blocksparse" and summary == 0:  # blocks alone: one causal tile per block
+        B, H, _, hs = q.shape
+        n = -(-T // block)
+        q, k, v = (F.pad(t, (0, 0, 0, n * block - T)).reshape(B * H, n, block, hs) for t in (q, k, v))
+        return _tiles(q, k, v, causal=True, p=p).reshape(B, H, n * block, hs)[:, :, :T]
     if kind == "blocksparse":
-        return blocksparse_attention(q, k, v, block, summary, p)
+        return _run_plan(q, k, v, blocksparse_plan(T, block, summary, q.device), p)
     raise ValueError(f"attention='{kind}': use one of {', '.join(KINDS)}")
 
 

@@ -5,7 +5,7 @@ Throughput, MFU and peak memory of the training step, one configuration per row,
     python bench.py --quick          # a smaller model and fewer steps: 1-2 minutes
     python bench.py --rows fp32,fp32_ckpt --batch_size=32 --steps=3
     python bench.py --moe            # MoE feed-forward vs the dense MLP with the same active parameters
-
+    python bench_attention.py        # the attention kinds alone, and generation with the KV cache
 Each row runs in a subprocess of its own, so its peak memory is that row's alone. Two
 figures: peak RSS from the OS (getrusage), what the process held, runtime and allocator
 caches included; and peak tensor memory, the bytes held by live tensors during one more
@@ -22,6 +22,7 @@ matmul kernels (an AVX2-only CPU emulates them, ~70x slower than fp32).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -224,19 +225,57 @@ def bench_moe(C, token_counts, steps, warmup):
                 y, extra = (out[0], out[1]["loss"]) if isinstance(out, tuple) else (out, 0.0)
                 (y.square().mean() + extra).backward()
 
-            for _ in range(warmup):
-                step()
-            ts = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                step()
-                ts.append(time.perf_counter() - t0)
-            times[name] = sorted(ts)[len(ts) // 2]
+            ts = step_seconds(step, steps, warmup)
+            times[name] = ts[len(ts) // 2]  # the median
         dense = list(times.values())[0]
         ratios = ", ".join(f"{t / dense:.2f}x" for t in list(times.values())[1:])
         print(f"| {n:,} | " + " | ".join(f"{1000 * t:.1f} ms" for t in times.values()) + f" | {ratios} |", flush=True)
         rows.append({"tokens": n, **times})
     return rows
+
+
+def step_seconds(step, steps, warmup, device="cpu"):
+    """Wall times of `steps` calls of step(), after `warmup` untimed ones, fastest first."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)
+
+
+def step_peak_bytes(step, live_before, device="cpu"):
+    """Peak tensor bytes during one call of step(): peak_tensor_bytes on CPU, the allocator's
+    own peak on CUDA (which already holds live_before)."""
+    import torch
+
+    if device == "cpu":
+        with stderr_silenced():  # the profiler's own start/stop lines, in a table printed in-process
+            return peak_tensor_bytes(step, live_before)
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+@contextlib.contextmanager
+def stderr_silenced():
+    """File descriptor 2 goes to /dev/null: what the C++ side writes there too."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,8 +309,10 @@ def main(argv=None):
     if args._peak:
         print(json.dumps(run_peak(json.loads(args._peak))))
         return
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError(f"--steps={args.steps} must be >= 1 and --warmup={args.warmup} >= 0")
     if args.moe:
-        rows = bench_moe(args.n_embd, [int(t) for t in args.tokens.split(",")], args.steps, args.warmup)
+        rows = bench_moe(args.n_embd, ints("--tokens", args.tokens), args.steps, args.warmup)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "moe_rows": rows}, f, indent=2)
@@ -331,6 +372,19 @@ def format_row(r):
         return f"| {r['row']} | skipped: {r['skipped']} |"
     return (f"| {r['row']} | {r['s_per_iter']:.3f} | {r['tokens_per_sec']:,.0f} | {r['model_tflops']:.3f} | "
             f"{r['peak_tflops']:.3f} | {100 * r['mfu']:.0f}% | {r['peak_mem_mib']:,.0f} | {r['peak_tensor_mib']:,.0f} |")
+
+
+def ints(flag, text, low=1, count=None):
+    """'256,1024' -> [256, 1024]; anything but comma-separated integers >= low (exactly
+    `count` of them, if given) is a UserError naming the flag."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < low or count not in (None, len(values)):
+        what = "an integer" if count == 1 else f"{count or 'one or more'} comma-separated integers"
+        raise UserError(f"{flag}={text} must be {what} >= {low}")
+    return values
 
 
 def child(args):

@@ -16,8 +16,13 @@ an empty one (--start="") is that newline too: same seed, same output, each samp
 beginning with a blank line. (In bash, --start="\n" is a backslash and an n; a newline is
 --start=$'\n'.) Every vocabulary trained on lines of text has the newline; a char
 vocabulary without one asks for a --start. Bad flags (--top_k < 0, --num_samples < 1,
---max_new_tokens < 1, a --temperature that is negative, nan or inf) are one-line errors,
-found before any checkpoint is read.
+--max_new_tokens < 1, a --temperature that is negative, nan or inf, a --kv_cache other than
+True or False) are one-line errors, found before any checkpoint is read.
+
+--kv_cache (on by default) keeps each layer's keys and values, so each new token runs alone
+through the model (model.py's GPT.generate, attention.KVCache); --kv_cache=False
+recomputes the whole context for every token, for comparison (bench.py --generate times
+both). Both give the same tokens: same --seed, same text.
 """
 
 import argparse
@@ -74,10 +79,12 @@ def load_adapters(run_dirs, device="cpu"):
 EMPTY_PROMPT = "\n"  # what an empty prompt starts from: a line break, nanoGPT's default prompt
 
 
-def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, top_k, seed, device="cpu"):
+def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, top_k, seed, device="cpu",
+                  kv_cache=True):
     """A list of num_samples strings, each the prompt followed by its continuation. An empty
     prompt is EMPTY_PROMPT, in the text too: the model needs a token to condition on, and
-    token 0 is no choice (in a byte-level BPE it is the NUL byte)."""
+    token 0 is no choice (in a byte-level BPE it is the NUL byte). kv_cache=False recomputes
+    the whole context for every token (the same text, slower)."""
     try:
         ids = tok.encode(start or EMPTY_PROMPT)
     except ValueError:
@@ -90,7 +97,8 @@ def generate_text(model, tok, start, num_samples, max_new_tokens, temperature, t
     generator = torch.Generator(device=device).manual_seed(seed)
     out = []
     for _ in range(num_samples):
-        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+        y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                           kv_cache=kv_cache)
         out.append(tok.decode(y[0].tolist()))
     return out
 
@@ -110,6 +118,10 @@ def main(argv=None):
     p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--kv_cache", default="True",
+                   help="True (default): keep each layer's keys and values and run only the new token through "
+                        "the model; False: recompute the whole context for every token, for comparison. "
+                        "Both give the same tokens")
     args = p.parse_args(argv)
     # the flags' domains, checked before any checkpoint is read ("not inside": a nan fails too)
     if args.top_k < 0:
@@ -121,6 +133,9 @@ def main(argv=None):
                         f"(each sample adds at least one token to the prompt)")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UserError(f"--temperature={args.temperature} must be a finite number >= 0 (0 is greedy)")
+    if args.kv_cache.lower() not in ("true", "false"):  # train.py's bool keys take the same spellings
+        raise UserError(f"--kv_cache={args.kv_cache} must be True or False")
+    kv_cache = args.kv_cache.lower() == "true"
     start = args.start
     if start.startswith("FILE:"):
         path = start[len("FILE:"):]
@@ -136,7 +151,7 @@ def main(argv=None):
     for run_dir, model, tok in runs:
         try:
             texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
-                                  args.top_k or None, args.seed, args.device)
+                                  args.top_k or None, args.seed, args.device, kv_cache)
         except (KeyError, ValueError) as e:  # a prompt character outside the tokenizer's vocabulary
             raise UserError(f"cannot encode the prompt: {e}") from None
         if run_dir is not None:

@@ -1,9 +1,9 @@
 """Data parallel: train.py under torchrun (gloo, 2 CPU processes). Two processes with one
 micro-batch each train like one process with two micro-batches (the same losses and
-weights, up to the order of float sums); the two processes really see different batches;
-a DDP run resumed from its checkpoint (dropout on, so each process's own random stream
-matters) continues exactly as the uninterrupted one; an accumulation count the processes
-cannot share is a clear error."""
+weights, up to the order of float sums; with sliding-window attention too); the two
+processes really see different batches; a DDP run resumed from its checkpoint (dropout on,
+so each process's own random stream matters) continues exactly as the uninterrupted one;
+an accumulation count the processes cannot share is a clear error."""
 
 import json
 import os
@@ -82,3 +82,19 @@ def test_accumulation_the_processes_cannot_share_is_an_error(tmp_path, char_data
     cfg = load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path}", "--max_iters=1"])
     with pytest.raises(UserError, match=r"gradient_accumulation_steps=1 must be a multiple of the 2 processes"):
         train.train(cfg)
+
+
+@pytest.mark.parametrize("kind", [["--attention=sliding", "--attn_window=4"]], ids=["sliding"])
+def test_two_processes_train_like_one_with_two_micro_batches_sparse_attention(tmp_path, char_dataset, kind):
+    # the tiled attention under DDP: the same equality as above (one kind: each costs ~7 s)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    args = COMMON + ["--max_iters=3", "--dropout=0"] + kind
+    launch(args, one, char_dataset, 1)
+    assert "data parallel: 2 processes x 1 micro-batches" in launch(args, two, char_dataset, 2).stdout
+    want, got = rows(one, "loss"), rows(two, "loss")
+    assert [i for i, _ in got] == [i for i, _ in want] == [0, 1, 2]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+    a, b = weights(one), weights(two)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    ckpt = torch.load(os.path.join(two, "ckpt.pt"), weights_only=True)
+    assert (ckpt["model_config"]["attention"], ckpt["model_config"]["attn_window"]) == ("sliding", 4)

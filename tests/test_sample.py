@@ -1,7 +1,8 @@
 """sample.py: an empty prompt samples exactly as the prompt "\\n" (char and BPE checkpoints),
-a tokenizer without a newline asks for --start, and every bad sampling flag is one
-`error:` line, raised before the checkpoint is read. (Determinism and the PEFT paths are
-tested in test_train.py and test_peft.py.)"""
+a tokenizer without a newline asks for --start, --kv_cache=False prints exactly the text
+--kv_cache=True does (past block_size, where the context drops its older half), and every
+bad sampling flag is one `error:` line, raised before the checkpoint is read. (Determinism
+and the PEFT paths are tested in test_train.py and test_peft.py.)"""
 
 import inspect
 import textwrap
@@ -65,6 +66,29 @@ def test_an_empty_prompt_without_a_newline_in_the_vocabulary_asks_for_start():
     assert sample.generate_text(model, tok, "ab", 1, 4, 0.8, None, seed=0)[0][:2] == "ab"
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_kv_cache_false_prints_exactly_the_text_of_kv_cache_true(runs, kind, capsys, monkeypatch):
+    # 40 new tokens from a block_size=16 model: the context fills and drops its older half
+    # (GPT.generate) more than once, and the cache must restart exactly where the recompute does
+    seen = []  # the kv_cache each generate call was given: the flag must reach the model
+    generate = GPT.generate
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs["kv_cache"])
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", recording)
+    common = [f"--out_dir={runs[kind]}", "--num_samples=2", "--max_new_tokens=40", "--seed=3", "--start=def "]
+    capsys.readouterr()
+    texts = {}
+    for flag in ("--kv_cache=False", "--kv_cache=True", "--kv_cache=false", None):  # None: the default
+        sample.main(common + ([flag] if flag else []))
+        texts[flag] = capsys.readouterr().out
+    assert seen == [False, False, True, True, False, False, True, True]
+    assert texts["--kv_cache=False"] == texts["--kv_cache=True"] == texts["--kv_cache=false"] == texts[None]
+    assert texts[None].count("---------------") == 2 and len(texts[None]) > 2 * 40  # two samples, 40 tokens each
+
+
 BAD_FLAGS = {
     "--top_k=-1": "error: --top_k=-1 must be >= 0 (0 samples from the whole vocabulary)",
     "--num_samples=0": "error: --num_samples=0 must be >= 1",
@@ -72,6 +96,9 @@ BAD_FLAGS = {
     "--temperature=-0.5": "error: --temperature=-0.5 must be a finite number >= 0 (0 is greedy)",
     "--temperature=nan": "error: --temperature=nan must be a finite number >= 0 (0 is greedy)",
     "--temperature=inf": "error: --temperature=inf must be a finite number >= 0 (0 is greedy)",
+    "--kv_cache=yes": "error: --kv_cache=yes must be True or False",
+    "--kv_cache=1": "error: --kv_cache=1 must be True or False",
+    "--kv_cache=": "error: --kv_cache= must be True or False",
 }
 
 
