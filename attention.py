@@ -5,6 +5,7 @@ earlier positions each query sees, computed so that the pairs a pattern skips co
     from attention import attend, allowed, scored_pairs, KVCache
     y = attend(q, k, v, "sliding", window=128)          # q, k, v: (B, heads, T, head size)
     allowed(8, "blocksparse", block=4, summary=1)        # the (T, T) bool mask it computes
+    print(describe(8, "sliding", window=3))              # that mask as the pictures below
 
 Kinds (GPTConfig.attention; model.py's CausalSelfAttention calls attend):
 
@@ -26,20 +27,23 @@ Kinds (GPTConfig.attention; model.py's CausalSelfAttention calls attend):
         . . . . x x x .                     . . . x x x x .
         . . . . . x x x                     . . . x x x x x
 
-How the sparse kinds are computed: in tiles, each a call of PyTorch's fused attention
-(scaled_dot_product_attention) with a small mask shared by every tile, never a T x T mask.
-  sliding      chunks of `window` queries; chunk c attends to the keys of chunks c-1 and c
-               (2 * window of them) through a band mask; the first chunk is plain causal.
-               Scored pairs: w(w+1)/2 + (n-1) * w * 2w for n = ceil(T / w) chunks: linear in T.
-  blocksparse  each block of queries attends to [the summary keys of all blocks, its own
-               block] with a mask (later blocks' summaries masked, its own block causal).
-               Scored pairs: n * block * (n * summary + block), n = ceil(T / block): linear
-               while n * summary stays below block, quadratic with a small constant after
-               (summary 0: n causal tiles, n * block(block+1)/2).
-The tiles are batched: one fused call per kind and layer (sliding: two, its first chunk
-apart), the tiles folded into the batch dimension (a 5-D call leaves the fused kernel; 4-D
-keeps it). scored_pairs gives each kind's count, and tests/test_attention.py checks it
-against the calls actually made.
+How the sparse kinds are computed: in tiles of L consecutive queries (L = window, or the
+block), tile i reading the keys at index[i] through a mask ok[i] (sliding_plan,
+blocksparse_plan), never a T x T mask:
+  sliding      tile c reads chunks c-1 and c (2w keys; those before the text masked), the
+               band "r < s <= r + w" inside. Scored pairs: n * w * 2w, n = ceil(T / w):
+               linear in T, twice the w pairs per query the pattern needs.
+  blocksparse  block i reads the summary keys of blocks 0..n-2 (those of earlier blocks
+               allowed) and its own block (causal). Scored pairs: n * block * ((n-1) *
+               summary + block): linear while n * summary stays below block, quadratic with
+               a small constant after (summary 0: n causal tiles, n * block(block+1)/2).
+On CPU without dropout, TiledAttention runs the tiles a few at a time through PyTorch's
+fused flash-attention kernel, keeping its log-sum-exp for the backward pass, so that the
+gathered keys of only a few tiles exist at once: peak memory stays at full fused
+attention's, and at T = 4096, window 128 the forward and backward take a quarter of full
+attention's time (bench_attention.py). Elsewhere (CUDA, dropout) every tile goes through
+autograd at once. scored_pairs gives each kind's count; tests/test_attention.py checks it
+against the kernel calls actually made.
 
 Dropout on the attention weights: SDPA applies it on CUDA; on CPU the tiles are computed by
 hand with dropout_mask (CPU SDPA with dropout_p > 0 leaves its fused kernel; see model.py).
@@ -171,13 +175,15 @@ class TiledAttention(torch.autograd.Function):
     keeps the output and the log-sum-exp; backward gathers each group's keys again, asks
     the kernel for its gradients and adds the keys' back to their positions (index_add_).
     Peak memory: the output, the three gradients and one group's tiles, as fused full
-    attention's (bench.py --attention). (B*H, n*L, hs) tensors in and out."""
+    attention's (bench_attention.py). (B*H, n*L, hs) tensors in and out."""
 
     @staticmethod
     def forward(ctx, q, k, v, L, index, ok):
         N, TL, hs = q.shape
         n, S = index.shape
-        group = max(1, TL // (8 * S))  # tiles per kernel call: one group's keys are an eighth of k's size
+        # tiles per kernel call: one group's gathered keys and values at most an eighth of
+        # k's size, or 2 MiB (a small batch would otherwise run many tiny kernel calls)
+        group = max(1, TL // (8 * S), (2 << 20) // (2 * N * S * hs * q.element_size()))
         where = index.clamp(0, k.shape[1] - 1)  # masked positions read any real row
         qt = q.view(N, n, L, hs)
         out, lse = torch.empty_like(qt), None

@@ -21,7 +21,7 @@ True or False) are one-line errors, found before any checkpoint is read.
 
 --kv_cache (on by default) keeps each layer's keys and values, so each new token runs alone
 through the model (model.py's GPT.generate, attention.KVCache); --kv_cache=False
-recomputes the whole context for every token, for comparison (bench.py --generate times
+recomputes the whole context for every token, for comparison (bench_attention.py --generate times
 both). Both give the same tokens: same --seed, same text.
 """
 

@@ -245,6 +245,10 @@ def describe(run, trainable):
         + (f" | data parallel: {run.world} processes x {tc.gradient_accumulation_steps // run.world} micro-batches"
            if run.world > 1 else "")
     )
+    if mc.attention != "full":
+        detail = (f"window {mc.attn_window}" if mc.attention == "sliding"
+                  else f"blocks of {mc.attn_block}, {mc.attn_summary} summary positions each")
+        run.say(f"attention: {mc.attention} ({detail})")
     if pc.peft != "none" or tc.init_from not in ("scratch", "resume"):
         run.say(f"{pc.peft if pc.peft != 'none' else 'full fine-tuning'}: {trainable['line']}")
     if tc.init_from == "resume":

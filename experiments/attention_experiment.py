@@ -5,10 +5,11 @@ where full attention is cheap, and what it buys in speed and memory at long cont
 
     python experiments/attention_experiment.py --dtype=float32    # every row, ~20 min on 2 CPU cores
     python experiments/attention_experiment.py --rows quality     # the block-256 rows only
+    python experiments/attention_experiment.py --rows seeds       # full and sliding128 again at seeds 2 and 3 (~10 min)
     python experiments/attention_experiment.py --fresh            # delete out-attention/ and run everything again
 
 Rows (configs/attention_shakespeare.py plus the row's keys, each in its own process):
-  quality, at block 256 (4 layers, 128 wide, batch 8, 600 steps; the same data order):
+  quality, at block 256 (4 layers, 128 wide, batch 4, 3000 steps; the same data order):
     full             every earlier position
     sliding32/64/128 the last 32, 64 or 128 positions
     blocksparse      blocks of 64, plus the last 8 positions of every earlier block
@@ -16,6 +17,7 @@ Rows (configs/attention_shakespeare.py plus the row's keys, each in its own proc
     full-1024, sliding128-1024      block 1024, batch 4
     full-4096, sliding128-4096      block 4096, batch 1
     full-16384, sliding128-16384    block 16384, batch 1 (speed and memory only)
+  seeds (not in the default run): full and sliding128 at block 256 with --seed=2 and 3
 
 Columns: val loss after the same steps; the val loss the other kind had reached at the same
 wall time (length rows: full's curve read at the time its sliding twin finished); tokens/s
@@ -48,7 +50,12 @@ for T, batch, steps in ((1024, 4, 150), (4096, 1, 150), (16384, 1, 20)):
         shape += [f"--eval_interval={steps}", "--eval_iters=2"]
     ROWS[f"full-{T}"] = shape
     ROWS[f"sliding128-{T}"] = shape + ["--attention=sliding", "--attn_window=128"]
-GROUPS = {"quality": [r for r in ROWS if "-" not in r], "length": [r for r in ROWS if "-" in r]}
+GROUPS = {"quality": [r for r in ROWS if "-" not in r], "length": [r for r in ROWS if "-" in r]}  # no seeds yet
+GROUPS["default"] = GROUPS["quality"] + GROUPS["length"]
+for seed in (2, 3):  # differences below ~0.02 nats need more than one seed
+    for name in ("full", "sliding128"):
+        ROWS[f"{name}-seed{seed}"] = ROWS[name] + [f"--seed={seed}"]
+GROUPS["seeds"] = [r for r in ROWS if "-seed" in r]
 
 
 def val_at_time(evals, t):
@@ -74,12 +81,16 @@ def summarize(name, out_dir):
 
 
 def twin(name, by):
-    """The row a row is compared with at equal wall time: full for a quality row; for a
-    length row, its other kind at the same block."""
-    if "-" not in name:
-        return by.get("full") if name != "full" else None
-    kind, T = name.split("-")
-    return by.get(f"{'full' if kind != 'full' else 'sliding128'}-{T}")
+    """The row a row is compared with at equal wall time: at block 256, full at the same
+    seed; at a long block, the other kind at the same block."""
+    base, _, tail = name.partition("-")
+    if tail.startswith("seed") or not tail:  # block 256
+        return by.get("full" + (f"-{tail}" if tail else "")) if base != "full" else None
+    return by.get(f"{'full' if base != 'full' else 'sliding128'}-{tail}")
+
+
+def long_block(name):
+    return "-" in name and "-seed" not in name
 
 
 def table(results):
@@ -92,7 +103,8 @@ def table(results):
         if other is not None:
             v = val_at_time([{"time": t, "val_loss": v} for t, v in other["evals"]], r["train_time_s"])
             at_t = f"{v:.4f} ({other['row']})" if v is not None else f"- ({other['row']} had not evaluated yet)"
-        full = by.get("full" if "-" not in r["row"] else f"full-{r['block']}")
+        base, _, tail = r["row"].partition("-")
+        full = by.get(f"full-{tail}" if tail else "full")
         speed = f"{r['tokens_per_sec'] / full['tokens_per_sec']:.2f}x" if full else "-"
         lines.append(f"| {r['row']} | {r['block']} | {r['steps']} | {r['val_loss']:.4f} | {at_t} | "
                      f"{r['tokens_per_sec']:,.0f} | {speed} | {r['peak_rss_mib']:,.0f} MiB | {r['train_time_s']:.0f} s |")
@@ -105,7 +117,7 @@ def plot(results, path):
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in results:
-        if "-" not in r["row"]:
+        if not long_block(r["row"]) and "-seed" not in r["row"]:
             ax1.plot([t for t, _ in r["evals"]], [v for _, v in r["evals"]], marker="o", ms=3, label=r["row"])
     ax1.set_xlabel("wall time (s)")
     ax1.set_ylabel("val loss")
