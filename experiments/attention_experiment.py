@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 
-from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run, val_at_time
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-attention")
@@ -55,16 +55,6 @@ GROUPS["default"] = GROUPS["quality"] + GROUPS["length"]
 for name in ("full", "sliding32", "sliding128", "blocksparse"):  # differences below ~0.02 nats need a second seed
     ROWS[f"{name}-seed2"] = ROWS[name] + ["--seed=2"]
 GROUPS["seeds"] = [r for r in ROWS if "-seed" in r]
-
-
-def val_at_time(evals, t):
-    """Val loss at wall time t, linear between the two evals around it (None before the
-    first eval's time is passed; the last value past the end)."""
-    for a, b in zip(evals, evals[1:]):
-        if a["time"] <= t <= b["time"]:
-            w = (t - a["time"]) / (b["time"] - a["time"])
-            return a["val_loss"] + w * (b["val_loss"] - a["val_loss"])
-    return evals[-1]["val_loss"] if t >= evals[-1]["time"] else None
 
 
 def summarize(name, out_dir):

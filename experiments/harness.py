@@ -78,6 +78,16 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def val_at_time(evals, t):
+    """Val loss at wall time t, from eval rows ({"time", "val_loss"}): linear between the
+    two evals around it; the last value past the end; None before the first eval."""
+    for a, b in zip(evals, evals[1:]):
+        if a["time"] <= t <= b["time"]:
+            w = (t - a["time"]) / (b["time"] - a["time"])
+            return a["val_loss"] + w * (b["val_loss"] - a["val_loss"])
+    return evals[-1]["val_loss"] if t >= evals[-1]["time"] else None
+
+
 def describe(doc):
     """A script's docstring's first paragraph, as one line: its --help description (the
     first line alone stops mid-sentence)."""

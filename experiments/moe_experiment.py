@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 
-from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run, val_at_time
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-moe")
@@ -35,15 +35,6 @@ ROWS = {
     "switch": ["--moe_router=switch", "--moe_top_k=1"],
     "top2-no-balance": ["--moe_aux_loss_coef=0"],
 }
-
-
-def val_at_time(evals, t):
-    """Val loss at wall time t, linear between the two evals around it (None past the end)."""
-    for a, b in zip(evals, evals[1:]):
-        if a["time"] <= t <= b["time"]:
-            w = (t - a["time"]) / (b["time"] - a["time"])
-            return a["val_loss"] + w * (b["val_loss"] - a["val_loss"])
-    return evals[-1]["val_loss"] if t >= evals[-1]["time"] else None
 
 
 def summarize(name, out_dir, dense_time):
