@@ -49,7 +49,8 @@ Dropout on the attention weights: SDPA applies it on CUDA; on CPU the tiles are 
 hand with dropout_mask (CPU SDPA with dropout_p > 0 leaves its fused kernel; see model.py).
 
 The KV cache (KVCache, one per layer) keeps the keys and values of the tokens generated so
-far, so each new token runs alone through the model: full and blocksparse keep up to
+far (with grouped-query attention, its n_kv_head heads only: n_head / n_kv_head times
+smaller), so each new token runs alone through the model: full and blocksparse keep up to
 block_size positions, sliding a ring of `window` slots (constant memory however long the
 text). Attention is blind to the order of its keys (positions live in the embeddings), so a
 ring needs no reordering.
@@ -269,6 +270,12 @@ def attend(q, k, v, kind, window=0, block=0, summary=0, p=0.0):
 # generation: the key-value cache
 
 
+def _expand(k, heads):
+    """Grouped-query attention: each of k's heads (B, n_kv, T, hs) repeated for the query
+    heads it serves -> (B, heads, T, hs). The cache keeps the n_kv heads only."""
+    return k if k.shape[1] == heads else k.repeat_interleave(heads // k.shape[1], dim=1)
+
+
 class KVCache:
     """One layer's keys and values of the context so far. `length` is the number of
     tokens seen (the position of the next one). full, blocksparse: slots 0..capacity-1 hold
@@ -288,7 +295,8 @@ class KVCache:
         self.k = k.new_zeros(B, H, self.slots, hs)
         self.v = v.new_zeros(B, H, self.slots, hs)
         self._write(k, v)
-        return attend(q, k, v, self.kind, self.window, self.block, self.summary, p)
+        H = q.shape[1]
+        return attend(q, _expand(k, H), _expand(v, H), self.kind, self.window, self.block, self.summary, p)
 
     def step(self, q, k, v):
         """One new token: q, k, v (B, H, 1, hs) -> (B, H, 1, hs), attending to what its
@@ -305,7 +313,7 @@ class KVCache:
             keys, values = self.k[:, :, index], self.v[:, :, index]
         else:
             keys, values = self.k[:, :, : t + 1], self.v[:, :, : t + 1]
-        return F.scaled_dot_product_attention(q, keys, values)
+        return F.scaled_dot_product_attention(q, _expand(keys, q.shape[1]), _expand(values, q.shape[1]))
 
     def _write(self, k, v):
         T = k.shape[2]

@@ -137,7 +137,7 @@ PEFT_KEYS = SECTION_KEYS["peft"]
 # their shapes, or (n_head, the MoE routing) decide what the weights compute
 MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "moe_every", "moe_shared_expert",
                  "moe_noisy"]
-ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary"]
+ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary", "n_kv_head", "pos_emb", "rope_theta"]
 ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + MOE_ARCH_KEYS
 # a fine-tune takes these from its base: the architecture, and the MoE training settings
 # (capacity, loss weights), which it may change
@@ -323,6 +323,9 @@ def validate(cfg, overrides):
         if key in overrides and mc.attention != kind:
             raise UserError(f"{key} is a setting of attention='{kind}' but attention='{mc.attention}'; "
                             f"add --attention={kind} or drop --{key}")
+    if "rope_theta" in overrides and mc.pos_emb != "rope":
+        raise UserError(f"rope_theta is a setting of pos_emb='rope' but pos_emb='{mc.pos_emb}'; "
+                        f"add --pos_emb=rope or drop --rope_theta")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
                         f"the layer's smaller side; use lora_r <= {mc.n_embd}")
@@ -341,7 +344,8 @@ def check_memory(cfg, vocab_size, device):
     tc, mc = cfg.train, cfg.model
     C, L, T, B, V = mc.n_embd, mc.n_layer, mc.block_size, tc.batch_size, vocab_size
     n_moe = L // mc.moe_every if mc.moe_num_experts > 0 else 0  # GPTConfig.is_moe_block, counted without a loop
-    params = V * C + T * C + L * 4 * C * C + (L - n_moe) * 8 * C * C
+    kv = mc.kv_heads() * (C // mc.n_head)  # grouped-query attention: narrower k and v projections
+    params = V * C + (T * C if mc.pos_emb == "learned" else 0) + L * (2 * C * C + 2 * C * kv) + (L - n_moe) * 8 * C * C
     params += n_moe * mc.moe_num_experts * 2 * C * mc.expert_hidden()
     per_param = 16 if cfg.peft.peft == "none" else 4
     activations = 4 * B * T * (C * L + V)

@@ -53,6 +53,10 @@ class GPTConfig:
     attn_window: int = 128  # sliding: the last attn_window positions, itself included
     attn_block: int = 64  # blocksparse: block length
     attn_summary: int = 8  # blocksparse: the last attn_summary positions of each earlier block (0: blocks alone)
+    # parameter-lean attention (issue 13); the defaults are GPT-2's
+    n_kv_head: int = 0  # key/value heads, dividing n_head: grouped-query attention; 1 = multi-query; 0 = n_head
+    pos_emb: Literal["learned", "rope", "none"] = "learned"  # a position table, rotary (RoPE), or none (NoPE)
+    rope_theta: float = 10000.0  # RoPE: the base of its frequencies
     # mixture of experts (moe.py): off at moe_num_experts = 0
     moe_num_experts: int = 0  # experts per MoE layer; 0 = a dense MLP in every block
     moe_top_k: int = 2  # experts per token (the Switch router takes 1)
@@ -77,6 +81,15 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if not 0 <= self.attn_summary <= self.attn_block:
             raise ValueError(f"attn_summary={self.attn_summary} must be in [0, attn_block={self.attn_block}]")
+        if not 0 <= self.n_kv_head <= self.n_head or (self.n_kv_head and self.n_head % self.n_kv_head):
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0: n_head)")
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be > 0")
+        if self.pos_emb not in ("learned", "rope", "none"):
+            raise ValueError(f"pos_emb='{self.pos_emb}': use learned, rope or none")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_emb='rope' rotates pairs of dimensions: the head size n_embd / n_head = "
+                             f"{self.n_embd // self.n_head} must be even")
         if self.attention not in KINDS:
             raise ValueError(f"attention='{self.attention}': use one of {', '.join(KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -101,6 +114,9 @@ class GPTConfig:
         """Block i (0-based) has an MoE feed-forward: every moe_every-th block, the last of each group."""
         return self.moe_num_experts > 0 and (i + 1) % self.moe_every == 0
 
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
     def expert_hidden(self):
         return self.moe_hidden or max(1, 4 * self.n_embd // self.moe_top_k)
 
@@ -122,30 +138,59 @@ def dropout(x, p, training):
 
 
 # ----------------------------------------------------------------------------------------
+# rotary position embedding (RoPE, Su et al. 2021)
+
+
+def rope(x, start, theta):
+    """Rotate each pair (x_i, x_{i + hs/2}) of x (B, heads, T, hs) by the angle
+    position * theta^(-2i/hs) (Su et al. 2021, eq. 34, in the rotate-half layout of
+    GPT-NeoX), positions start .. start+T-1. q.k then depends on the positions only
+    through their difference; norms are unchanged. Computed in fp32."""
+    T, hs = x.shape[-2], x.shape[-1]
+    freqs = theta ** (-torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = torch.arange(start, start + T, device=x.device, dtype=torch.float32)[:, None] * freqs  # (T, hs/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
 # the transformer
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        # query, key and value for all heads in one matmul, then the output projection
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # query, key and value for all heads in one matmul (with grouped-query attention,
+        # n_kv_head key and value heads), then the output projection
+        hs = config.n_embd // config.n_head
+        self.kv_dim = config.kv_heads() * hs
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.bias)
+        self.c_attn.part_sizes = (config.n_embd, self.kv_dim, self.kv_dim)  # q | k | v, for LoRA's c_attn[q,v]
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # marker: GPT-2's scaled init, see GPT._init_weights
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.kind = (config.attention, config.attn_window, config.attn_block, config.attn_summary)
+        self.n_kv_head = config.kv_heads()
+        self.rope_theta = config.rope_theta if config.pos_emb == "rope" else None
 
     def forward(self, x, cache=None):
         """(B, T, C) -> (B, T, C). cache (attention.KVCache, generation): an empty one takes
         x as the whole context from position 0; a filled one takes x as the next token."""
         B, T, C = x.size()  # batch, time, channels (n_embd)
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x).split((C, self.kv_dim, self.kv_dim), dim=2)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        if self.rope_theta is not None:  # rotate q and k by their positions (the cache's tokens come first)
+            start = cache.length if cache is not None else 0
+            q, k = rope(q, start, self.rope_theta), rope(k, start, self.rope_theta)
+        if cache is None and self.n_kv_head != self.n_head:
+            # grouped-query attention: each key/value head serves n_head / n_kv_head query heads
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
         if cache is not None:
             y = cache.step(q, k, v) if cache.length else cache.prefill(q, k, v)
         elif self.kind[0] != "full":
@@ -229,7 +274,8 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
+                **({"wpe": nn.Embedding(config.block_size, config.n_embd)}  # learned positions
+                   if config.pos_emb == "learned" else {}),
                 h=nn.ModuleList([Block(config, config.is_moe_block(i)) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
@@ -262,7 +308,7 @@ class GPT(nn.Module):
         are left out by default: they are a lookup, not a matmul, so they cost no FLOPs.
         active=True counts what one token uses: of each MoE layer's experts, top_k."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         if active:
             for m in self.modules():
@@ -280,10 +326,11 @@ class GPT(nn.Module):
         caches (generation): one attention.KVCache per block; idx continues their context."""
         B, T = idx.size()
         start = caches[0].length if caches else 0  # the position of idx's first token
-        if start + T > self.config.block_size:
+        if start + T > self.config.block_size and "wpe" in self.transformer:  # RoPE and NoPE have no table to run past
             raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))  # + (T, C)
         x = dropout(x, self.config.dropout, self.training)
         # checkpointing only when a backward will follow; RNG state is saved and replayed
         # (preserve_rng_state defaults to True), so recomputed dropout masks match
@@ -339,7 +386,8 @@ class GPT(nn.Module):
                 f"block_size={block_size} is larger than the model's {self.config.block_size} positions"
             )
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
     def flops_per_token(self, T):
         """Training FLOPs per token (forward + backward) at context T, as in the PaLM paper

@@ -266,6 +266,10 @@ def apply_lora(model, targets="c_attn[q,v]", r=8, alpha=16.0, dropout=0.0, rslor
             names = FUSED_SPLITS.get(short)
             if names is None:
                 raise ValueError(f"'{n}' is not a fused projection; parts like [q,v] apply to: {', '.join(FUSED_SPLITS)}")
+            sizes = getattr(base, "part_sizes", None)  # a module may say how its output splits
+            if sizes is not None and len(set(sizes)) > 1:
+                raise ValueError(f"'{short}[{','.join(parts)}]': the parts of {short} have unequal widths {sizes} "
+                                 f"(grouped-query attention: n_kv_head < n_head); adapt the whole {short} instead")
             unknown = [p for p in parts if p not in names]
             if unknown or not parts:
                 raise ValueError(f"'{short}[{','.join(parts)}]': the parts of {short} are {', '.join(names)}")

@@ -62,6 +62,8 @@ LEGAL = {
     ("attn_window", "huge"): "a window past the context: full causal attention",
     ("attn_block", "huge"): "one block past the context: full causal attention",
     ("attn_summary", "zero"): "blocks that see only themselves",
+    ("n_kv_head", "zero"): "0 means n_head: multi-head attention",
+    ("rope_theta", "huge"): "a base so large that all but the first pair barely rotate",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
 CONTEXT = {
@@ -69,6 +71,7 @@ CONTEXT = {
     "attn_window": ["--attention=sliding"],
     "attn_block": ["--attention=blocksparse"],
     "attn_summary": ["--attention=blocksparse"],
+    "rope_theta": ["--pos_emb=rope"],
     "lora_": ["--peft=lora", "--init_from={base}"],
     "adapter_": ["--peft=adapter", "--init_from={base}"],
     "kd_alpha": ["--teacher={base}"],
