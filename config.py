@@ -138,7 +138,8 @@ PEFT_KEYS = SECTION_KEYS["peft"]
 MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "moe_every", "moe_shared_expert",
                  "moe_noisy"]
 ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary", "n_kv_head", "pos_emb", "rope_theta"]
-ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + MOE_ARCH_KEYS
+LEAN_KEYS = ["emb_dim", "share_layers", "share_repeat"]  # factorized embedding, shared blocks
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + LEAN_KEYS + MOE_ARCH_KEYS
 # a fine-tune takes these from its base: the architecture, and the MoE training settings
 # (capacity, loss weights), which it may change
 INHERITED_KEYS = ARCH_KEYS + ["block_size", "moe_capacity_factor", "moe_eval_capacity_factor", "moe_aux_loss_coef",
@@ -323,6 +324,9 @@ def validate(cfg, overrides):
         if key in overrides and mc.attention != kind:
             raise UserError(f"{key} is a setting of attention='{kind}' but attention='{mc.attention}'; "
                             f"add --attention={kind} or drop --{key}")
+    if "share_repeat" in overrides and mc.share_layers != "immediate":
+        raise UserError(f"share_repeat is a setting of share_layers='immediate' but share_layers='{mc.share_layers}'; "
+                        f"add --share_layers=immediate or drop --share_repeat")
     if "rope_theta" in overrides and mc.pos_emb != "rope":
         raise UserError(f"rope_theta is a setting of pos_emb='rope' but pos_emb='{mc.pos_emb}'; "
                         f"add --pos_emb=rope or drop --rope_theta")
@@ -343,9 +347,11 @@ def check_memory(cfg, vocab_size, device):
     allocation failure or the kernel's OOM killer."""
     tc, mc = cfg.train, cfg.model
     C, L, T, B, V = mc.n_embd, mc.n_layer, mc.block_size, tc.batch_size, vocab_size
-    n_moe = L // mc.moe_every if mc.moe_num_experts > 0 else 0  # GPTConfig.is_moe_block, counted without a loop
+    Ls, E = mc.n_stored_blocks(), mc.emb_dim  # shared blocks are stored once; a factorized table is V x E
+    n_moe = Ls // mc.moe_every if mc.moe_num_experts > 0 else 0  # GPTConfig.is_moe_block, counted without a loop
     kv = mc.kv_heads() * (C // mc.n_head)  # grouped-query attention: narrower k and v projections
-    params = V * C + (T * C if mc.pos_emb == "learned" else 0) + L * (2 * C * C + 2 * C * kv) + (L - n_moe) * 8 * C * C
+    params = (V * E + E * C if E else V * C) + (T * C if mc.pos_emb == "learned" else 0)
+    params += Ls * (2 * C * C + 2 * C * kv) + (Ls - n_moe) * 8 * C * C
     params += n_moe * mc.moe_num_experts * 2 * C * mc.expert_hidden()
     per_param = 16 if cfg.peft.peft == "none" else 4
     activations = 4 * B * T * (C * L + V)

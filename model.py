@@ -57,6 +57,9 @@ class GPTConfig:
     n_kv_head: int = 0  # key/value heads, dividing n_head: grouped-query attention; 1 = multi-query; 0 = n_head
     pos_emb: Literal["learned", "rope", "none"] = "learned"  # a position table, rotary (RoPE), or none (NoPE)
     rope_theta: float = 10000.0  # RoPE: the base of its frequencies
+    emb_dim: int = 0  # factorized embedding (ALBERT): a vocab x emb_dim table and an emb_dim x n_embd projection; 0 = none
+    share_layers: Literal["none", "all", "immediate"] = "none"  # blocks stored once, run several times (n_layer: runs)
+    share_repeat: int = 2  # immediate: each stored block runs this many times in a row (MobileLLM)
     # mixture of experts (moe.py): off at moe_num_experts = 0
     moe_num_experts: int = 0  # experts per MoE layer; 0 = a dense MLP in every block
     moe_top_k: int = 2  # experts per token (the Switch router takes 1)
@@ -83,6 +86,16 @@ class GPTConfig:
             raise ValueError(f"attn_summary={self.attn_summary} must be in [0, attn_block={self.attn_block}]")
         if not 0 <= self.n_kv_head <= self.n_head or (self.n_kv_head and self.n_head % self.n_kv_head):
             raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0: n_head)")
+        if not 0 <= self.emb_dim <= self.n_embd:
+            raise ValueError(f"emb_dim={self.emb_dim} must be in [0, n_embd={self.n_embd}] (0: no factorization)")
+        if self.share_repeat < 1:
+            raise ValueError(f"share_repeat={self.share_repeat} must be >= 1")
+        if self.share_layers == "immediate" and self.n_layer % self.share_repeat:
+            raise ValueError(f"share_layers='immediate' runs each stored block share_repeat={self.share_repeat} times: "
+                             f"n_layer={self.n_layer} (the blocks run) must be a multiple of it")
+        if self.share_layers != "none" and self.moe_num_experts > 0 and self.moe_every > 1:
+            raise ValueError(f"share_layers='{self.share_layers}' with moe_every={self.moe_every}: a shared block "
+                             f"would be MoE in some runs and dense in others; use moe_every=1")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be > 0")
         if self.pos_emb not in ("learned", "rope", "none"):
@@ -113,6 +126,18 @@ class GPTConfig:
     def is_moe_block(self, i):
         """Block i (0-based) has an MoE feed-forward: every moe_every-th block, the last of each group."""
         return self.moe_num_experts > 0 and (i + 1) % self.moe_every == 0
+
+    def stored_block(self, i):
+        """The stored block that runs as layer i (0-based): ALBERT's all-shared one, or
+        MobileLLM's immediate repetition (layers i*r .. i*r+r-1 share stored block i)."""
+        if self.share_layers == "all":
+            return 0
+        if self.share_layers == "immediate":
+            return i // self.share_repeat
+        return i
+
+    def n_stored_blocks(self):
+        return self.stored_block(self.n_layer - 1) + 1
 
     def kv_heads(self):
         return self.n_kv_head or self.n_head
@@ -273,14 +298,16 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+                wte=nn.Embedding(config.vocab_size, config.emb_dim or config.n_embd),  # token embedding
+                **({"emb_proj": nn.Linear(config.emb_dim, config.n_embd, bias=False)}  # ALBERT's factorization
+                   if config.emb_dim else {}),
                 **({"wpe": nn.Embedding(config.block_size, config.n_embd)}  # learned positions
                    if config.pos_emb == "learned" else {}),
-                h=nn.ModuleList([Block(config, config.is_moe_block(i)) for i in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, config.is_moe_block(i)) for i in range(config.n_stored_blocks())]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.emb_dim or config.n_embd, config.vocab_size, bias=False)
         # weight tying (Press & Wolf 2017): the output head reads the token embedding matrix
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -303,19 +330,31 @@ class GPT(nn.Module):
             nn.init.normal_(module.w_fc, mean=0.0, std=0.02 * s)
             nn.init.normal_(module.w_proj, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer) * s)
 
-    def get_num_params(self, non_embedding=True, active=False):
-        """Parameters, counted once (the tied head is the embedding). Position embeddings
-        are left out by default: they are a lookup, not a matmul, so they cost no FLOPs.
-        active=True counts what one token uses: of each MoE layer's experts, top_k."""
+    def get_num_params(self, non_embedding=True, active=False, executed=False):
+        """Parameters, counted once (the tied head is the embedding, a shared block once).
+        Position embeddings are left out by default: they are a lookup, not a matmul, so they
+        cost no FLOPs. active=True counts what one token uses: of each MoE layer's experts,
+        top_k. executed=True counts a shared block once per layer it runs at (the compute)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         if active:
-            for m in self.modules():
-                if isinstance(m, MoE):
-                    expert = [m.w_fc, m.w_proj] + [b for b in (m.b_fc, m.b_proj) if b is not None]
-                    n -= sum(p.numel() for p in expert) * (m.n_experts - m.top_k) // m.n_experts
+            n -= sum(_inactive(m) for m in self.modules() if isinstance(m, MoE))
+        if executed:
+            for j, block in enumerate(self.transformer.h):
+                runs = sum(self.config.stored_block(i) == j for i in range(self.config.n_layer))
+                per_run = sum(p.numel() for p in block.parameters())
+                if active:
+                    per_run -= sum(_inactive(m) for m in block.modules() if isinstance(m, MoE))
+                n += (runs - 1) * per_run
         return n
+
+    def logits(self, h):
+        """(..., n_embd) -> (..., vocab): the tied output head; with a factorized embedding,
+        back through its projection first (n_embd -> emb_dim, its transpose) and then the table."""
+        if "emb_proj" in self.transformer:
+            h = F.linear(h, self.transformer.emb_proj.weight.t())  # (..., emb_dim)
+        return self.lm_head(h)
 
     def hidden_states(self, idx):
         """(B, T) token ids -> (B, T, n_embd) after the final LayerNorm."""
@@ -328,7 +367,9 @@ class GPT(nn.Module):
         start = caches[0].length if caches else 0  # the position of idx's first token
         if start + T > self.config.block_size and "wpe" in self.transformer:  # RoPE and NoPE have no table to run past
             raise ValueError(f"sequence of length {start + T} is longer than block_size={self.config.block_size}")
-        x = self.transformer.wte(idx)  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C), or (B, T, emb_dim) ...
+        if "emb_proj" in self.transformer:
+            x = self.transformer.emb_proj(x)  # ... projected up to (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))  # + (T, C)
         x = dropout(x, self.config.dropout, self.training)
@@ -336,7 +377,8 @@ class GPT(nn.Module):
         # (preserve_rng_state defaults to True), so recomputed dropout masks match
         recompute = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
         auxes = []
-        for i, block in enumerate(self.transformer.h):
+        for i in range(self.config.n_layer):
+            block = self.transformer.h[self.config.stored_block(i)]  # a shared block runs at several layers
             if caches:
                 x, aux = block(x, caches[i])
             else:
@@ -355,7 +397,7 @@ class GPT(nn.Module):
         (training mode, MoE layers only)} instead of their sum, for a caller that weights
         the cross-entropy itself (distillation: step.forward_backward)."""
         x, auxes = self._trunk(idx)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = self.logits(x)  # (B, T, vocab)
         loss = aux = None
         if targets is not None:
             # in fp32 even under autocast: a bf16 log-softmax loses ~3 significant digits
@@ -393,7 +435,7 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward) at context T, as in the PaLM paper
         (Chowdhery et al. 2022, appendix B): 6N for the weight matmuls plus 12 * L * T * C for
         attention's two (T x T) matmuls, counting the masked half as most reports do."""
-        N = self.get_num_params(active=True)  # an MoE token uses top_k experts, not all
+        N = self.get_num_params(active=True, executed=True)  # top_k experts; a shared block at every layer it runs
         L, C = self.config.n_layer, self.config.n_embd
         return 6 * N + 12 * L * T * C
 
@@ -420,11 +462,11 @@ class GPT(nn.Module):
                 h = self._trunk(idx[:, start:])[0]
             elif caches is None:  # a new context: read it whole, keeping its keys and values
                 c = self.config
-                caches = [KVCache(c.attention, L, c.attn_window, c.attn_block, c.attn_summary) for _ in self.transformer.h]
+                caches = [KVCache(c.attention, L, c.attn_window, c.attn_block, c.attn_summary) for _ in range(c.n_layer)]
                 h = self._trunk(idx[:, start:], caches)[0]
             else:  # only the newest token
                 h = self._trunk(idx[:, -1:], caches)[0]
-            logits = self.lm_head(h[:, -1, :]).float()  # (B, vocab)
+            logits = self.logits(h[:, -1, :]).float()  # (B, vocab)
             if temperature == 0.0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -436,6 +478,12 @@ class GPT(nn.Module):
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
+
+
+def _inactive(moe):
+    """The expert parameters a token does not use: those of n_experts - top_k experts."""
+    expert = [moe.w_fc, moe.w_proj] + [b for b in (moe.b_fc, moe.b_proj) if b is not None]
+    return sum(p.numel() for p in expert) * (moe.n_experts - moe.top_k) // moe.n_experts
 
 
 def moe_statistics(stats):

@@ -64,6 +64,7 @@ LEGAL = {
     ("attn_summary", "zero"): "blocks that see only themselves",
     ("n_kv_head", "zero"): "0 means n_head: multi-head attention",
     ("rope_theta", "huge"): "a base so large that all but the first pair barely rotate",
+    ("emb_dim", "zero"): "0 means no factorization",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
 CONTEXT = {
@@ -72,6 +73,7 @@ CONTEXT = {
     "attn_block": ["--attention=blocksparse"],
     "attn_summary": ["--attention=blocksparse"],
     "rope_theta": ["--pos_emb=rope"],
+    "share_repeat": ["--share_layers=immediate"],
     "lora_": ["--peft=lora", "--init_from={base}"],
     "adapter_": ["--peft=adapter", "--init_from={base}"],
     "kd_alpha": ["--teacher={base}"],

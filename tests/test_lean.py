@@ -156,3 +156,89 @@ def test_rope_trains_with_checkpointing_bf16_and_moe(char_dataset, tmp_path):
                                           "--eval_iters=1", "--pos_emb=rope", "--n_kv_head=1", "--dtype=bfloat16",
                                           "--grad_checkpointing=True", "--moe_num_experts=4", "--dropout=0.1"]))
     assert math.isfinite(row["val_loss"])
+
+
+# ----------------------------------------------------------------------------------------
+# factorized embedding (ALBERT) and shared blocks (ALBERT, MobileLLM)
+
+
+def test_a_factorized_embedding_has_v_e_plus_e_h_parameters_and_ties_the_head_through_it():
+    full, fact = tiny(), tiny(emb_dim=8)
+    V, C, E = 50, 32, 8
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in fact.parameters()) == V * C - (V * E + E * C)
+    assert fact.lm_head.weight is fact.transformer.wte.weight and fact.transformer.wte.weight.shape == (V, E)
+    # the logits are the table's rows against the hidden state taken back through the projection
+    h = torch.randn(3, C)
+    P = fact.transformer.emb_proj.weight  # (C, E)
+    torch.testing.assert_close(fact.logits(h), h @ P @ fact.transformer.wte.weight.t())
+    x = idx()
+    logits, loss = fact(x, x)
+    assert logits.shape == (2, 16, 50) and math.isfinite(loss.item())
+    with pytest.raises(ValueError, match=r"emb_dim=64 must be in \[0, n_embd=32\]"):
+        tiny(emb_dim=64)
+
+
+@pytest.mark.parametrize("share,repeat,stored", [("all", 2, 1), ("immediate", 2, 2), ("immediate", 4, 1)])
+def test_shared_blocks_are_stored_once_and_their_gradient_sums_over_their_uses(share, repeat, stored):
+    torch.manual_seed(0)
+    cfg = dict(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
+    shared = GPT(GPTConfig(**cfg, share_layers=share, share_repeat=repeat))
+    assert len(shared.transformer.h) == stored
+    n_block = sum(p.numel() for p in shared.transformer.h[0].parameters())
+    assert shared.get_num_params() == GPT(GPTConfig(**cfg)).get_num_params() - (4 - stored) * n_block
+    assert shared.get_num_params(executed=True) == GPT(GPTConfig(**cfg)).get_num_params()  # the compute of 4 blocks
+    # one tensor per shared weight in the state dict and in the optimizer
+    assert sum(k.startswith("transformer.h.") for k in shared.state_dict()) == stored * len(shared.transformer.h[0].state_dict())
+    opt = torch.optim.AdamW(shared.parameters())
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in shared.parameters())
+    # the reference: an unshared model whose layers are copies of the stored blocks
+    plain = GPT(GPTConfig(**cfg))
+    sd = {k: v for k, v in shared.state_dict().items() if not k.startswith("transformer.h.")}
+    for i in range(4):
+        j = shared.config.stored_block(i)
+        sd.update({f"transformer.h.{i}.{k}": v for k, v in shared.transformer.h[j].state_dict().items()})
+    plain.load_state_dict(sd)
+    x = idx()
+    _, loss_s = shared(x, x)
+    _, loss_p = plain(x, x)
+    torch.testing.assert_close(loss_s, loss_p, rtol=0, atol=0)
+    loss_s.backward()
+    loss_p.backward()
+    for j, block in enumerate(shared.transformer.h):
+        uses = [i for i in range(4) if shared.config.stored_block(i) == j]
+        assert len(uses) == 4 // stored
+        for name, p in block.named_parameters():
+            summed = sum(plain.transformer.h[i].get_parameter(name).grad for i in uses)
+            torch.testing.assert_close(p.grad, summed, rtol=1e-5, atol=1e-7, msg=name)
+    # a wrong sharing (the last stored block at every layer) gives another loss
+    other = GPT(GPTConfig(**cfg))
+    other.load_state_dict({**sd, **{f"transformer.h.{i}.{k}": v for i in range(4)
+                                     for k, v in plain.transformer.h[3 - i].state_dict().items()}})
+    if stored > 1:
+        assert not torch.equal(other(x, x)[1], loss_p)
+
+
+def test_flops_count_every_run_of_a_shared_block():
+    cfg = dict(n_layer=4, n_head=4, n_embd=32, block_size=16, vocab_size=50)
+    assert GPT(GPTConfig(**cfg, share_layers="all")).flops_per_token(16) == GPT(GPTConfig(**cfg)).flops_per_token(16)
+
+
+@pytest.mark.parametrize("kw", [dict(share_layers="all"), dict(share_layers="immediate", emb_dim=8, n_kv_head=2,
+                                                             pos_emb="rope")])
+def test_shared_and_factorized_models_generate_with_the_cache_and_train(kw, char_dataset, tmp_path):
+    m = tiny(**kw).eval()
+    prompt = idx(3)
+    a = m.generate(prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    b = m.generate(prompt, 30, temperature=1.0, generator=torch.Generator().manual_seed(3), kv_cache=False)
+    assert torch.equal(a, b)
+    args = [f"--{k}={v}" for k, v in kw.items()]
+    row = train.train(load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'run'}", "--max_iters=2",
+                                          "--eval_iters=1", "--grad_checkpointing=True"] + args))
+    assert math.isfinite(row["val_loss"])
+    ckpt = read_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert all(ckpt["model_config"][k] == v for k, v in kw.items())
+    # LoRA on a shared block: one adapter, trained by every layer the block runs at
+    from peft import apply_lora
+
+    lora = apply_lora(restore_model(ckpt, "test"), "c_attn", r=2)
+    assert len(lora) == len(m.transformer.h)
