@@ -107,7 +107,9 @@ def restore_model(ckpt, why, peft_config=None, **overrides):
     and the PEFT tensors are loaded on top (peft_config: today's settings, on resume)."""
     cfg = {**ckpt["model_config"], **overrides}
     weights = read_base_checkpoint(ckpt["peft_base"], why) if "peft_base" in ckpt else ckpt
-    model = GPT(GPTConfig(**{**cfg, "block_size": weights["model_config"]["block_size"]}))
+    # a learned position table has the saved length (cropped below); RoPE and NoPE run at any
+    learned = weights["model_config"].get("pos_emb", "learned") == "learned"
+    model = GPT(GPTConfig(**{**cfg, "block_size": weights["model_config"]["block_size"] if learned else cfg["block_size"]}))
     try:
         model.load_state_dict(weights["model"])
     except RuntimeError as e:  # config.saved_config refuses the changes it knows of; this names any other

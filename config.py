@@ -283,7 +283,8 @@ shapes, or how they are used: n_head, the routing, a PEFT run's scale) are error
                 f"{k}={overrides[k]} differs from the checkpoint's {k}={was} in {src}; "
                 f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} were trained with it (drop --{k})"
             )
-    if overrides.get("block_size", 0) > saved["block_size"]:
+    if overrides.get("block_size", 0) > saved["block_size"] and saved.get("pos_emb", "learned") == "learned":
+        # RoPE and NoPE have no position table: they may run at a longer context than they trained on
         raise UserError(
             f"block_size={overrides['block_size']} is larger than the checkpoint's "
             f"{saved['block_size']} learned positions; use block_size <= {saved['block_size']}"

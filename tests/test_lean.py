@@ -242,3 +242,18 @@ def test_shared_and_factorized_models_generate_with_the_cache_and_train(kw, char
 
     lora = apply_lora(restore_model(ckpt, "test"), "c_attn", r=2)
     assert len(lora) == len(m.transformer.h)
+
+
+@pytest.mark.parametrize("pos_emb", ["rope", "none", "learned"])
+def test_a_checkpoint_without_a_position_table_evaluates_at_twice_its_context(pos_emb, char_dataset, tmp_path):
+    out = str(tmp_path / pos_emb)
+    train.train(load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={out}", "--max_iters=3", "--eval_iters=2",
+                                    f"--pos_emb={pos_emb}"]))
+    args = ["--init_from=resume", f"--out_dir={out}", "--eval_only=True", "--eval_iters=2", "--block_size=32"]
+    if pos_emb == "learned":
+        with pytest.raises(Exception, match="larger than the checkpoint's 16 learned positions"):
+            load_config(args)
+        return
+    cfg = load_config(args)
+    row = train.train(cfg)  # windows of 32 tokens through a model trained on 16
+    assert cfg.model.block_size == 32 and math.isfinite(row["val_loss"])
