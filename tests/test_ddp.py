@@ -84,9 +84,12 @@ def test_accumulation_the_processes_cannot_share_is_an_error(tmp_path, char_data
         train.train(cfg)
 
 
-@pytest.mark.parametrize("kind", [["--attention=sliding", "--attn_window=4"]], ids=["sliding"])
+@pytest.mark.parametrize("kind", [["--attention=sliding", "--attn_window=4"],
+                                  ["--attention=sliding", "--attn_window=4", "--share_layers=all", "--n_kv_head=1",
+                                   "--pos_emb=rope", "--emb_dim=16"]], ids=["sliding", "sliding-lean"])
 def test_two_processes_train_like_one_with_two_micro_batches_sparse_attention(tmp_path, char_dataset, kind):
-    # the tiled attention under DDP: the same equality as above (one kind: each costs ~7 s)
+    # the tiled attention (and the lean options: a shared block's gradients are summed over
+    # its runs before DDP averages them) under DDP: the same equality as above (~7 s each)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     args = COMMON + ["--max_iters=3", "--dropout=0"] + kind
     launch(args, one, char_dataset, 1)
