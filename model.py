@@ -13,6 +13,15 @@ Used by train.py (pretraining, fine-tuning, distillation), sample.py and bench.p
 With moe_num_experts > 0, the MLP of every moe_every-th block is a mixture of experts
 (moe.py); GPT.forward then adds the routers' weighted aux losses to its training loss.
 
+Options that keep the defaults GPT-2's model exactly (README, "Sparse attention" and
+"Parameter-lean models"):
+    attention      full | sliding | blocksparse: which earlier positions a token sees (attention.py)
+    n_kv_head      grouped-query attention (Ainslie et al. 2023): fewer key/value heads
+    pos_emb        learned | rope (Su et al. 2021, `rope`) | none: positions in a table, a rotation, or not at all
+    emb_dim        ALBERT's factorized embedding (Lan et al. 2019): a V x E table, an E x n_embd projection
+    share_layers   all (ALBERT) | immediate (MobileLLM, Liu et al. 2024): blocks stored once, run at several layers
+generate() keeps a KV cache (attention.KVCache) unless asked to recompute the context.
+
 Two things differ from nanoGPT, both measured (see README):
 - `forward` returns logits at every position even without targets (a distillation teacher
   needs all of them); `generate` alone keeps only the last position.
