@@ -26,12 +26,10 @@ wall time (length rows: full's curve read at the time its sliding twin finished)
 and tokens/s against block size for the length rows.
 """
 
-import json
 import os
 import statistics
-import time
 
-from harness import REPO, parse_args, pyplot, read_json, read_metrics, train_run, val_at_time
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, run_rows, val_at_time
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-attention")
@@ -132,18 +130,7 @@ def plot(results, path):
 def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "attention.png"),
                             groups=GROUPS)
-    t0 = time.perf_counter()
-    for name in rows:
-        train_run(name, os.path.join(ROOT, name), ROWS[name], CONFIG, args.dtype)
-    results = [summarize(n, os.path.join(ROOT, n)) for n in rows]
-    md = table(results)
-    print()
-    print(md)
-    if args.plot:
-        plot(results, args.plot)
-    with open(os.path.join(ROOT, "results.json"), "w") as f:
-        json.dump({"rows": results, "table": md, "total_s": time.perf_counter() - t0}, f, indent=1)
-    print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
+    run_rows(args, rows, ROWS, ROOT, CONFIG, summarize, table, plot)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,25 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def run_rows(args, rows, specs, root, config, summarize, table, plot=None):
+    """The usual body of an experiment: train each row (train_run, finished ones reused),
+    summarize(name, out_dir) each, print table(results), draw plot(results, args.plot) and
+    write root/results.json. Returns the results."""
+    t0 = time.perf_counter()
+    for name in rows:
+        train_run(name, os.path.join(root, name), specs[name], config, args.dtype)
+    results = [summarize(n, os.path.join(root, n)) for n in rows]
+    md = table(results)
+    print()
+    print(md)
+    if plot and args.plot:
+        plot(results, args.plot)
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump({"rows": results, "table": md, "total_s": time.perf_counter() - t0}, f, indent=1)
+    print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
+    return results
+
+
 def val_at_time(evals, t):
     """Val loss at wall time t, from eval rows ({"time", "val_loss"}): linear between the
     two evals around it; the last value past the end; None before the first eval."""

@@ -30,13 +30,11 @@ rows the val loss at twice the training context (block 256), which a learned tab
 cannot run at. The plot (docs/lean.png) shows val loss against stored parameters.
 """
 
-import json
 import os
 import statistics
 import tempfile
-import time
 
-from harness import REPO, parse_args, prepared_text, pyplot, read_json, read_metrics, train_run
+from harness import REPO, parse_args, prepared_text, pyplot, read_json, read_metrics, run_rows
 from errors import UserError, cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-lean")
@@ -152,18 +150,7 @@ def plot(results, path):
 def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "lean.png"), groups=GROUPS)
     prepare_bpe(args.input)
-    t0 = time.perf_counter()
-    for name in rows:
-        train_run(name, os.path.join(ROOT, name), ROWS[name], CONFIG, args.dtype)
-    results = [summarize(n, os.path.join(ROOT, n)) for n in rows]
-    md = table(results)
-    print()
-    print(md)
-    if args.plot:
-        plot(results, args.plot)
-    with open(os.path.join(ROOT, "results.json"), "w") as f:
-        json.dump({"rows": results, "table": md, "total_s": time.perf_counter() - t0}, f, indent=1)
-    print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
+    run_rows(args, rows, ROWS, ROOT, CONFIG, summarize, table, plot)
 
 
 if __name__ == "__main__":
