@@ -307,9 +307,9 @@ class KVCache:
             n = min(t + 1, self.slots)  # the ring's filled slots: exactly the last window positions
             keys, values = self.k[:, :, :n], self.v[:, :, :n]
         elif self.kind == "blocksparse":
-            start = t - t % self.block  # this token's block
-            summaries = [j for j in range(start) if j % self.block >= self.block - self.summary]
-            index = torch.tensor(summaries + list(range(start, t + 1)), device=k.device)
+            start = t - t % self.block  # this token's block; before it, whole blocks and their last `summary`
+            summaries = torch.arange(start, device=k.device).view(-1, self.block)[:, self.block - self.summary:]
+            index = torch.cat([summaries.flatten(), torch.arange(start, t + 1, device=k.device)])
             keys, values = self.k[:, :, index], self.v[:, :, index]
         else:
             keys, values = self.k[:, :, : t + 1], self.v[:, :, : t + 1]

@@ -2,7 +2,7 @@
 Sparse attention and the KV cache, measured: the attention kinds alone (forward + backward
 time and peak tensor memory as T grows), and generation with and without the KV cache.
 
-    python bench_attention.py                   # both tables: ~3 minutes on 2 CPU cores
+    python bench_attention.py                   # both tables: ~2 minutes on 2 CPU cores
     python bench_attention.py --attention       # the attention kinds alone, T = 256 .. 8192
     python bench_attention.py --attention --attention_T=256,1024 --attn_window=64
     python bench_attention.py --generate        # generation tokens/s with and without the KV cache

@@ -150,6 +150,10 @@ PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_alpha", "lora_rslora", "lora_targets"
                    "bitfit_layernorm"]
 # the keys that only matter to one PEFT method
 PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
+# model keys that only matter under one value of another: key -> (that key, its value)
+MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
+                    "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
+                    "rope_theta": ("pos_emb", "rope")}
 # keys that describe this machine, never carried over from a checkpoint's config
 SYSTEM_KEYS = ["device", "dtype", "compile"]
 
@@ -270,7 +274,7 @@ def saved_config(init_from, out_dir, overrides):
     """The keys a run takes from a checkpoint. On resume its whole config is the base, so
     `--init_from=resume` alone continues it; a fine-tune takes the architecture of its base
     model (and its MoE settings). Overrides that contradict what the saved tensors are (their
-shapes, or how they are used: n_head, the routing, a PEFT run's scale) are errors."""
+    shapes, or how they are used: n_head, the routing, a PEFT run's scale) are errors."""
     src = out_dir if init_from == "resume" else init_from
     saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
     keep = FIELD_TYPES if init_from == "resume" else INHERITED_KEYS
@@ -321,16 +325,10 @@ def validate(cfg, overrides):
             if key.startswith(prefix) and pc.peft != method:
                 raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
                                 f"add --peft={method} or drop --{key}")
-    for key, kind in (("attn_window", "sliding"), ("attn_block", "blocksparse"), ("attn_summary", "blocksparse")):
-        if key in overrides and mc.attention != kind:
-            raise UserError(f"{key} is a setting of attention='{kind}' but attention='{mc.attention}'; "
-                            f"add --attention={kind} or drop --{key}")
-    if "share_repeat" in overrides and mc.share_layers != "immediate":
-        raise UserError(f"share_repeat is a setting of share_layers='immediate' but share_layers='{mc.share_layers}'; "
-                        f"add --share_layers=immediate or drop --share_repeat")
-    if "rope_theta" in overrides and mc.pos_emb != "rope":
-        raise UserError(f"rope_theta is a setting of pos_emb='rope' but pos_emb='{mc.pos_emb}'; "
-                        f"add --pos_emb=rope or drop --rope_theta")
+    for key, (option, value) in MODEL_SETTING_OF.items():
+        if key in overrides and getattr(mc, option) != value:
+            raise UserError(f"{key} is a setting of {option}='{value}' but {option}='{getattr(mc, option)}'; "
+                            f"add --{option}={value} or drop --{key}")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
                         f"the layer's smaller side; use lora_r <= {mc.n_embd}")

@@ -35,6 +35,7 @@ References: GPT-2 (Radford et al. 2019), nanoGPT's model.py (layout and paramete
 """
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -350,12 +351,12 @@ class GPT(nn.Module):
         if active:
             n -= sum(_inactive(m) for m in self.modules() if isinstance(m, MoE))
         if executed:
+            runs = Counter(self.config.stored_block(i) for i in range(self.config.n_layer))  # stored block -> runs
             for j, block in enumerate(self.transformer.h):
-                runs = sum(self.config.stored_block(i) == j for i in range(self.config.n_layer))
                 per_run = sum(p.numel() for p in block.parameters())
                 if active:
                     per_run -= sum(_inactive(m) for m in block.modules() if isinstance(m, MoE))
-                n += (runs - 1) * per_run
+                n += (runs[j] - 1) * per_run
         return n
 
     def logits(self, h):

@@ -156,10 +156,11 @@ def parse_args(argv, doc, rows, root, plot=None, groups=None, hold_out=None, ext
 SHAKESPEARE = os.path.join(REPO, "data", "shakespeare_char")
 
 
-def prepare_data(input_path, hold_out=None):
+def prepare_data(input_path, hold_out=None, bpe_out=None, bpe_vocab=4096):
     """Prepare tiny shakespeare with data/shakespeare_char/prepare.py, unless it is prepared:
     data/shakespeare_char, or with hold_out ("GLOUCESTER,JULIET") the speaker split
-    data/shakespeare_voices/{base, gloucester, juliet}. The text comes from, in order:
+    data/shakespeare_voices/{base, gloucester, juliet}, or with bpe_out (a folder) a BPE
+    tokenization of bpe_vocab tokens there. The text comes from, in order:
     input_path (--input); input.txt beside prepare.py; a prepared data/shakespeare_char,
     decoded; a download. When prepare.py cannot (offline, no text), its one-line message
     becomes a UserError."""
@@ -169,9 +170,11 @@ def prepare_data(input_path, hold_out=None):
     voices = os.path.join(REPO, "data", "shakespeare_voices")
     # the folders prepare.py writes, named as it names them
     folders = [os.path.join(voices, n.lower().replace(" ", "_")) for n in ["base"] + names] if hold_out else [SHAKESPEARE]
+    folders = [bpe_out] if bpe_out else folders
     if all(os.path.exists(os.path.join(d, "meta.json")) for d in folders):
         return
     cmd = [sys.executable, "data/shakespeare_char/prepare.py"] + (["--hold_out", hold_out] if hold_out else [])
+    cmd += ["--tokenizer", "bpe", "--vocab_size", str(bpe_vocab), "--out_dir", bpe_out] if bpe_out else []
     with tempfile.TemporaryDirectory() as tmp:
         text = input_path or prepared_text(tmp)
         cmd += ["--input", text] if text else []

@@ -3,7 +3,7 @@ The parameter-lean experiment as one ablation table and one plot, in the Smol Tr
 Playbook's style: on BPE-tokenized tiny shakespeare (4,096 tokens, where the embedding
 table is a third of a small model), where the parameters go and what each choice costs.
 
-    python experiments/lean_experiment.py --dtype=float32     # every row, ~25 min on 2 CPU cores
+    python experiments/lean_experiment.py --dtype=float32     # every row, ~17 min on 2 CPU cores
     python experiments/lean_experiment.py --rows baseline,fact64
     python experiments/lean_experiment.py --dtype=float32 --rows seeds    # baseline, gqa, mqa at seed 2 (~4 min)
 
@@ -32,10 +32,9 @@ cannot run at. The plot (docs/lean.png) shows val loss against stored parameters
 
 import os
 import statistics
-import tempfile
 
-from harness import REPO, parse_args, prepared_text, pyplot, read_json, read_metrics, run_rows
-from errors import UserError, cli  # the repo's, through the root that harness put on sys.path
+from harness import REPO, parse_args, prepare_data, pyplot, read_metrics, run_rows
+from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-lean")
 CONFIG = "configs/lean_shakespeare_bpe.py"
@@ -61,23 +60,6 @@ GROUPS = {"default": list(ROWS)}
 for name in ("baseline", "gqa", "mqa"):  # differences below 0.02 nats: a second seed
     ROWS[f"{name}-seed2"] = ROWS[name] + ["--seed=2"]
 GROUPS["seeds"] = [r for r in ROWS if r.endswith("-seed2")]
-
-
-def prepare_bpe(input_path):
-    """data/shakespeare_bpe4096, from --input, input.txt beside prepare.py, or the text
-    rebuilt from a prepared data/shakespeare_char (harness.prepared_text)."""
-    if os.path.exists(os.path.join(BPE, "meta.json")):
-        return
-    import subprocess
-    import sys
-
-    with tempfile.TemporaryDirectory() as tmp:
-        text = input_path or prepared_text(tmp)
-        cmd = [sys.executable, "data/shakespeare_char/prepare.py", "--tokenizer", "bpe", "--vocab_size", "4096",
-               "--out_dir", BPE] + (["--input", text] if text else [])
-        r = subprocess.run(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise UserError(f"preparing {os.path.relpath(BPE, REPO)}: {r.stderr.strip().splitlines()[-1]}")
 
 
 def summarize(name, out_dir):
@@ -149,7 +131,7 @@ def plot(results, path):
 @cli
 def main(argv=None):
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "lean.png"), groups=GROUPS)
-    prepare_bpe(args.input)
+    prepare_data(args.input, bpe_out=BPE)  # data/shakespeare_bpe4096
     run_rows(args, rows, ROWS, ROOT, CONFIG, summarize, table, plot)
 
 

@@ -159,5 +159,11 @@ def test_an_moe_teacher_distils_into_a_dense_student(source, moe_base, char_data
         kd = [f"--soft_labels={tmp_path / 'cache'}"]
     teacher, _ = distill.load_teacher(moe_base, meta)
     assert teacher.moe_layers()
-    row = run(kd + ["--kd_alpha=0.5", "--max_iters=2", "--eval_interval=2"], str(tmp_path / "student"), char_dataset)
+    row = run(kd + ["--kd_alpha=0.5", "--max_iters=2", "--eval_interval=2", "--log_interval=1"],
+              str(tmp_path / "student"), char_dataset)
     assert math.isfinite(row["val_loss"])
+    # the MoE teacher's soft labels reached the loss: a KD term on every row, mixed in as logged
+    with open(tmp_path / "student" / "metrics.jsonl") as f:
+        rows = [r for r in map(json.loads, f) if "loss" in r]
+    assert len(rows) == 2 and all(r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["kd"] + 0.5 * r["ce"], abs=1e-5)
+                                  for r in rows)
