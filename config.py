@@ -63,7 +63,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
     # learning-rate schedule (see step.get_lr)
-    lr_schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "linear", "wsd", "constant", "exponential"] = "cosine"  # exponential: LR range test
     warmup_iters: int = 100  # linear warmup from ~0 to learning_rate
     lr_decay_iters: int = 0  # the schedule ends (at min_lr) here; 0 = max_iters
     min_lr: float = 6e-5  # learning rate at the end of the decay
@@ -100,6 +100,10 @@ class TrainConfig:
             # get_lr would climb to ~learning_rate and then jump straight down to min_lr
             raise ValueError(f"lr_decay_iters={self.lr_decay_iters} ends the schedule before warmup_iters="
                              f"{self.warmup_iters} does; use lr_decay_iters > warmup_iters (or 0: max_iters)")
+        if self.lr_schedule == "exponential" and not (self.min_lr > 0 and self.warmup_iters == 0):
+            # the LR range test (sweep.py --lr_range) grows the rate geometrically from min_lr: no warmup before it
+            raise ValueError(f"lr_schedule='exponential' grows the rate from min_lr to learning_rate: it needs "
+                             f"min_lr > 0 (got {self.min_lr}) and warmup_iters=0 (got {self.warmup_iters})")
         if not 0.0 < self.decay_frac <= 1.0:
             raise ValueError(f"decay_frac={self.decay_frac} must be in (0, 1]")
         if not -(2**63) <= self.seed < 2**63:
@@ -139,7 +143,8 @@ MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "mo
                  "moe_noisy"]
 ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary", "n_kv_head", "pos_emb", "rope_theta"]
 LEAN_KEYS = ["emb_dim", "share_layers", "share_repeat"]  # factorized embedding, shared blocks
-ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + LEAN_KEYS + MOE_ARCH_KEYS
+MUP_KEYS = ["mup", "mup_base_width"]  # muP's multipliers are part of what the weights compute
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + LEAN_KEYS + MUP_KEYS + MOE_ARCH_KEYS
 # a fine-tune takes these from its base: the architecture, and the MoE training settings
 # (capacity, loss weights), which it may change
 INHERITED_KEYS = ARCH_KEYS + ["block_size", "moe_capacity_factor", "moe_eval_capacity_factor", "moe_aux_loss_coef",
@@ -153,7 +158,7 @@ PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
 # model keys that only matter under one value of another: key -> (that key, its value)
 MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
                     "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
-                    "rope_theta": ("pos_emb", "rope")}
+                    "rope_theta": ("pos_emb", "rope"), "mup_base_width": ("mup", True)}
 # keys that describe this machine, never carried over from a checkpoint's config
 SYSTEM_KEYS = ["device", "dtype", "compile"]
 
@@ -327,7 +332,7 @@ def validate(cfg, overrides):
                                 f"add --peft={method} or drop --{key}")
     for key, (option, value) in MODEL_SETTING_OF.items():
         if key in overrides and getattr(mc, option) != value:
-            raise UserError(f"{key} is a setting of {option}='{value}' but {option}='{getattr(mc, option)}'; "
+            raise UserError(f"{key} is a setting of {option}={value!r} but {option}={getattr(mc, option)!r}; "
                             f"add --{option}={value} or drop --{key}")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "

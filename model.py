@@ -70,6 +70,9 @@ class GPTConfig:
     emb_dim: int = 0  # factorized embedding (ALBERT): a vocab x emb_dim table and an emb_dim x n_embd projection; 0 = none
     share_layers: Literal["none", "all", "immediate"] = "none"  # blocks stored once, run several times (n_layer: runs)
     share_repeat: int = 2  # immediate: each stored block runs this many times in a row (MobileLLM)
+    # muP (Tensor Programs V; see GPT._init_weights, `mup_rules` and step.make_optimizer)
+    mup: bool = False  # maximal-update parameterization: a learning rate tuned at mup_base_width carries to other widths
+    mup_base_width: int = 0  # muP: the n_embd at which muP equals the standard model exactly (required with mup)
     # mixture of experts (moe.py): off at moe_num_experts = 0
     moe_num_experts: int = 0  # experts per MoE layer; 0 = a dense MLP in every block
     moe_top_k: int = 2  # experts per token (the Switch router takes 1)
@@ -113,6 +116,13 @@ class GPTConfig:
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"pos_emb='rope' rotates pairs of dimensions: the head size n_embd / n_head = "
                              f"{self.n_embd // self.n_head} must be even")
+        if self.mup and self.mup_base_width < 1:
+            raise ValueError("mup=True needs mup_base_width: the n_embd whose tuned learning rate the others reuse "
+                             "(e.g. --mup_base_width=128)")
+        if self.mup and (self.moe_num_experts or self.emb_dim):
+            # a router and a factorized embedding each have one finite side: their muP rules are not worked out here
+            raise ValueError("mup=True is written for dense models with a plain embedding: set moe_num_experts=0 "
+                             "and emb_dim=0")
         if self.attention not in KINDS:
             raise ValueError(f"attention='{self.attention}': use one of {', '.join(KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
@@ -151,6 +161,10 @@ class GPTConfig:
 
     def kv_heads(self):
         return self.n_kv_head or self.n_head
+
+    def width_mult(self):
+        """muP's n_embd / mup_base_width (1.0 without muP): the factor its rules scale by."""
+        return self.n_embd / self.mup_base_width if self.mup else 1.0
 
     def expert_hidden(self):
         return self.moe_hidden or max(1, 4 * self.n_embd // self.moe_top_k)
@@ -210,6 +224,10 @@ class CausalSelfAttention(nn.Module):
         self.kind = (config.attention, config.attn_window, config.attn_block, config.attn_summary)
         self.n_kv_head = config.kv_heads()
         self.rope_theta = config.rope_theta if config.pos_emb == "rope" else None
+        # muP: attention logits q.k / d rather than / sqrt(d) (mup.py, rule 4), written as q scaled by
+        # sqrt(d_base / d) = width_mult ** -0.5 before the usual 1 / sqrt(d): then every attention
+        # kind and the KV cache get it, and at the base width nothing changes
+        self.q_mult = config.width_mult() ** -0.5
 
     def forward(self, x, cache=None):
         """(B, T, C) -> (B, T, C). cache (attention.KVCache, generation): an empty one takes
@@ -223,6 +241,8 @@ class CausalSelfAttention(nn.Module):
         if self.rope_theta is not None:  # rotate q and k by their positions (the cache's tokens come first)
             start = cache.length if cache is not None else 0
             q, k = rope(q, start, self.rope_theta), rope(k, start, self.rope_theta)
+        if self.q_mult != 1.0:
+            q = q * self.q_mult
         if cache is None and self.n_kv_head != self.n_head:
             # grouped-query attention: each key/value head serves n_head / n_kv_head query heads
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
@@ -321,6 +341,14 @@ class GPT(nn.Module):
         # weight tying (Press & Wolf 2017): the output head reads the token embedding matrix
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
+        if config.mup and config.width_mult() != 1.0:
+            # muP rule 2 (mup.py): hidden matrices (every Linear inside a block) start with variance
+            # proportional to 1 / fan_in, i.e. GPT-2's std times sqrt(base / width); the embedding keeps 0.02
+            with torch.no_grad():
+                for block in self.transformer.h:
+                    for m in block.modules():
+                        if isinstance(m, nn.Linear):
+                            m.weight.mul_(config.width_mult() ** -0.5)
 
     def _init_weights(self, module):
         # GPT-2: N(0, 0.02) everywhere; the projections that write into the residual stream
@@ -364,7 +392,17 @@ class GPT(nn.Module):
         back through its projection first (n_embd -> emb_dim, its transpose) and then the table."""
         if "emb_proj" in self.transformer:
             h = F.linear(h, self.transformer.emb_proj.weight.t())  # (..., emb_dim)
+        if self.config.mup and self.config.width_mult() != 1.0:
+            h = h * (1.0 / self.config.width_mult())  # muP rule 3 (mup.py): the readout times base / width
         return self.lm_head(h)
+
+    def lr_scale(self, name, p):
+        """The factor on the learning rate of parameter `name` (step.make_optimizer): 1, but
+        under muP base / width for the hidden matrices, every >= 2-D tensor inside a block
+        (mup.py, rule 2: Adam's update of a fan_in-wide matrix adds up fan_in coordinates)."""
+        if self.config.mup and name.startswith("transformer.h.") and p.dim() >= 2:
+            return 1.0 / self.config.width_mult()
+        return 1.0
 
     def hidden_states(self, idx):
         """(B, T) token ids -> (B, T, n_embd) after the final LayerNorm."""

@@ -5,7 +5,7 @@ timed step, and the loops still to come are built from these and nothing else.
     from step import estimate_loss, forward_backward, get_lr, make_optimizer, optimizer_step
     optimizer = make_optimizer(model, tc)              # AdamW: matrices decay, biases and gains do not
     for group in optimizer.param_groups:
-        group["lr"] = get_lr(it, tc)                   # warmup, then cosine / linear / wsd / constant
+        group["lr"] = get_lr(it, tc) * group["lr_scale"]  # warmup, then cosine / linear / wsd / constant
     loss = forward_backward(model, windows, ctx, scaler, accumulation_steps)
     optimizer_step(model, optimizer, scaler, tc.grad_clip)
 
@@ -35,15 +35,18 @@ from batches import RandomWindows
 def make_optimizer(model, tc):
     """AdamW over the parameters that require grad (frozen ones, as PEFT leaves them, are
     not handed to the optimizer at all). Matrices (weights, embeddings) decay; biases and
-    LayerNorm gains, the 1-D tensors, do not (as GPT-2 and nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() visits the tied one once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    assert len(decay) + len(no_decay) == len(params) == len({id(p) for p in decay + no_decay})
-    groups = [
-        {"params": decay, "weight_decay": tc.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    LayerNorm gains, the 1-D tensors, do not (as GPT-2 and nanoGPT). Each group carries
+    "lr_scale", the factor the loop multiplies the schedule's rate by: 1, but under muP
+    base / width for the hidden matrices (model.GPT.lr_scale, mup.py)."""
+    groups = {}  # (decays, lr_scale) -> parameters; named_parameters() visits the tied one once
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() >= 2, model.lr_scale(name, p)), []).append(p)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert sum(map(len, groups.values())) == len(params) == len({id(p) for g in groups.values() for p in g})
+    # decaying groups first, as before muP: (decay, no decay) in the standard model
+    groups = [{"params": ps, "weight_decay": tc.weight_decay if decays else 0.0, "lr_scale": scale}
+              for (decays, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
     # fused AdamW: one kernel for all tensors; at the Shakespeare CPU model it takes 0.8 ms
     # per step here, vs 2.8 ms for the default (foreach) implementation nanoGPT uses on CPU
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=True)
@@ -58,7 +61,12 @@ def get_lr(it, cfg):
                 min_lr over the last decay_frac of the schedule (Hu et al. 2024, MiniCPM;
                 the schedule SmolLM2 trains with)
       constant: flat at learning_rate
+      exponential: no warmup; min_lr * (learning_rate / min_lr) ** (it / (max_iters - 1)), from
+                min_lr at the first step to learning_rate at the last: the LR range test
+                (Smith 2017, "Cyclical Learning Rates", section 3.3; sweep.py --lr_range)
     After lr_decay_iters (0 means max_iters) the rate stays at min_lr."""
+    if cfg.lr_schedule == "exponential":
+        return cfg.min_lr * (cfg.learning_rate / cfg.min_lr) ** (min(it, cfg.max_iters - 1) / max(cfg.max_iters - 1, 1))
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
     if cfg.lr_schedule == "constant":

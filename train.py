@@ -220,9 +220,11 @@ def init_model(cfg, meta):
 def restore_state(run, ckpt):
     """Resume: AdamW, the GradScaler, the iteration, the best val loss and every RNG, as saved."""
     tc = run.cfg.train
+    fresh = [(g["weight_decay"], g["lr_scale"]) for g in run.optimizer.param_groups]  # from today's config
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    for group, decay in zip(run.optimizer.param_groups, (tc.weight_decay, 0.0)):
-        group["weight_decay"], group["betas"] = decay, (tc.beta1, tc.beta2)  # today's config, not the saved one
+    for group, (decay, scale) in zip(run.optimizer.param_groups, fresh):
+        # today's config, not the saved one (a checkpoint from before muP has no lr_scale)
+        group["weight_decay"], group["betas"], group["lr_scale"] = decay, (tc.beta1, tc.beta2), scale
     if run.scaler.is_enabled() and not ckpt["scaler"]:
         # saved by an fp32 or bf16 run, whose scaler was off: fp16 begins with a fresh scale
         run.say("note: the checkpoint has no GradScaler state (it was trained without fp16); starting a fresh one")
@@ -283,7 +285,7 @@ def train_steps(run):
 
         lr = get_lr(run.iter_num, tc)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]  # 1, but for muP's hidden matrices (step.make_optimizer)
         terms = {}
         loss = forward_backward(run.run_model, run.windows, run.ctx, run.scaler,
                                 tc.gradient_accumulation_steps // run.world, run.teacher, run.cfg.kd, terms)

@@ -159,6 +159,17 @@ def test_schedule_known_values():
     assert get_lr(60, sched(lr_schedule="cosine", lr_decay_iters=60)) == pytest.approx(0.1)
 
 
+def test_the_range_tests_exponential_schedule_is_geometric_from_min_lr_to_learning_rate():
+    cfg = sched(lr_schedule="exponential", warmup_iters=0, min_lr=1e-4, max_iters=101)
+    lrs = [get_lr(it, cfg) for it in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[100] == pytest.approx(1.0) and lrs[50] == pytest.approx(1e-2)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios)) == pytest.approx(10 ** 0.04)  # one factor per step
+    for bad in (dict(warmup_iters=5), dict(min_lr=0.0)):
+        with pytest.raises(ValueError, match="exponential.*needs min_lr > 0.*warmup_iters=0"):
+            sched(lr_schedule="exponential", **{"warmup_iters": 0, "min_lr": 1e-4, **bad})
+
+
 # ----------------------------------------------------------------------------------------
 # micro-batching, resume, checkpoints
 
