@@ -6,7 +6,7 @@ rate found on a narrow model is the best one for a wide model too. And the coord
 check that tests it.
 
     python train.py configs/hparam_char.py --mup=True --mup_base_width=128 --n_embd=512
-    python mup.py                          # coordinate check: prints a table, draws docs/mup_coord.png
+    python mup.py                          # coordinate check: a table and docs/mup_coord.png (~20 s)
 
 The rules live where they act (model.py and step.make_optimizer); here they are in one
 table. width_mult = n_embd / mup_base_width; at width_mult = 1 every rule is the identity,
@@ -115,13 +115,18 @@ def main(argv=None):
     ap.add_argument("--base_width", type=int, default=128)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--seeds", type=int, default=3, help="average the sizes over this many seeds")
     ap.add_argument("--plot", default="docs/mup_coord.png")
     args = ap.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
-    results = {name: coord_check(widths, name == "muP", args.base_width, args.steps, args.lr)
-               for name in ("standard", "muP")}
+    results = {}
+    for name in ("standard", "muP"):
+        runs = [coord_check(widths, name == "muP", args.base_width, args.steps, args.lr, seed=s)
+                for s in range(args.seeds)]
+        results[name] = {w: {k: sum(r[w][k] for r in runs) / len(runs) for k in runs[0][w]} for w in widths}
     layers = list(results["standard"][widths[0]])
-    print(f"mean |coordinate| after {args.steps} Adam steps at lr={args.lr:g} (base width {args.base_width})")
+    print(f"mean |coordinate| after {args.steps} Adam steps at lr={args.lr:g} (base width {args.base_width}; "
+          f"mean of {args.seeds} seeds)")
     print(f"| param | layer | " + " | ".join(f"width {w}" for w in widths) + " | widest / narrowest |")
     print("|---|---|" + "---:|" * (len(widths) + 1))
     for name, res in results.items():
