@@ -18,13 +18,13 @@ in the repo root: relative paths in values are read from there).
 
 The trials: the grid's product (first key slowest) times the N samples, sample i drawn from
 random.Random("S/i") whatever the grid. Trial tNNN runs `train.py CONFIG.py <fixed> <params>
---out_dir=OUT/trials/tNNN` and appends a line to OUT/sweep.jsonl (see result_row): status "ok",
-"diverged" (a NaN/inf loss) or "failed" (any other error), which does not stop the sweep. A rerun
-skips the trials recorded (another spec in the same OUT is refused), so Ctrl-C or SIGTERM (which
-stop the running trials, recording nothing for them) loses only the trials in flight. The trials
-hold the sweep's OUT/.lock too: after a SIGKILL of the sweep alone, a rerun refuses to race them.
-The report depends only on sweep.jsonl, less its times: a resumed sweep reports what an
-uninterrupted one does. Successive halving (stopping poor trials early) is not implemented.
+--out_dir=OUT/trials/tNNN`, then appends a line to OUT/sweep.jsonl (result_row): status "ok",
+"diverged" (a NaN/inf loss) or "failed" (any other error; the sweep goes on). A rerun skips the
+recorded trials (another spec in the same OUT is refused): Ctrl-C, SIGTERM or even SIGKILL of the
+sweep (its trials then get SIGTERM from the kernel, on Linux) loses only the trials in flight. The
+trials hold OUT/.lock, so a rerun never races one still running. The report depends only on
+sweep.jsonl less its times: a resumed sweep reports what an uninterrupted one does. Successive
+halving (stopping poor trials early) is not implemented.
 
 --lr_range: the LR range test (Smith 2017, "Cyclical Learning Rates for Training Neural
 Networks", section 3.3), one run whose rate grows geometrically from --lr_min to --lr_max over
@@ -49,10 +49,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 from config import FIELD_TYPES, TrainConfig, check_value, load_config, read_config_file
 from errors import UserError, cli
+from lr_range import plot_range, suggest_lr
 
 REPO = os.path.dirname(os.path.abspath(__file__))  # train.py runs here
 NOT_SWEPT = ("out_dir", "init_from")  # each trial gets its own folder and trains from what CONFIG.py says
@@ -268,6 +267,15 @@ def child_env(jobs):
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
 
 
+def die_with_the_sweep():
+    """In each trial, before train.py starts (Linux): the kernel sends it SIGTERM when the sweep
+    dies, even by SIGKILL, so no orphaned trial runs on (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def write_atomic(text, path):
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -296,7 +304,8 @@ def run_trials(out, todo, jobs, lock_fd):
                 with open(os.path.join(folder, "train.log"), "w") as log:
                     # a session of its own: Ctrl-C reaches the sweep alone, which then stops its trials
                     proc = subprocess.Popen(trial["cmd"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            pass_fds=(lock_fd,), start_new_session=True)
+                                            pass_fds=(lock_fd,), start_new_session=True,
+                                            preexec_fn=die_with_the_sweep)
                 running[proc] = (trial, time.perf_counter())
             time.sleep(0.1)
             for proc in [p for p in running if p.poll() is not None]:
@@ -323,7 +332,10 @@ def run_trials(out, todo, jobs, lock_fd):
 
 def run_sweep(a):
     config, out = os.path.abspath(a["config"]), os.path.abspath(a["out"])
-    base = read_config_file(a["config"])  # its errors name it as given
+    # the config file's settings that reach the trials (its errors name it as given): the swept and
+    # fixed keys are left out, so that editing, say, its learning_rate does not change a learning-rate sweep
+    base = {k: v for k, v in read_config_file(a["config"]).items()
+            if k not in a["grid"] and k not in a["random"] and k not in a["fixed"]}
     trials = expand_trials(a["grid"], a["random"], a["trials"] or 1, a["seed"])
     cmds = {t["id"]: train_cmd(config, {**a["fixed"], **t["params"]}, os.path.join(out, "trials", t["id"]),
                                f"trial {t['id']} ({' '.join(as_args(t['params']))})") for t in trials}
@@ -446,30 +458,6 @@ def show_report(out):
 # the LR range test (Smith 2017, section 3.3)
 
 
-def suggest_lr(lrs, losses, beta=0.9, stop_factor=4.0):
-    """The range test's curve and the rates it suggests. The loss is smoothed by a moving
-    average with bias correction, s_i = m_i / (1 - beta^(i+1)), m_i = beta m_(i-1) + (1 - beta)
-    loss_i (m starts at 0, as Adam's moments do), and the curve ends where s passes
-    stop_factor x its minimum so far, or is not finite."""
-    kept, m, best = [], 0.0, math.inf
-    for i, (lr, loss) in enumerate(zip(lrs, losses)):
-        m = beta * m + (1 - beta) * loss
-        s = m / (1 - beta ** (i + 1))
-        if not math.isfinite(s) or s > stop_factor * best:
-            break
-        best = min(best, s)
-        kept.append((lr, loss, s))
-    if len(kept) < 3:
-        raise UserError(f"the range test has {len(kept)} usable steps before the loss blew up; "
-                        f"lower --lr_min or raise --lr_steps")
-    lr, loss, smoothed = (list(c) for c in zip(*kept))
-    i_min = int(np.argmin(smoothed))
-    slope = np.gradient(np.array(smoothed), np.log(lr))  # d s / d log(lr), central differences
-    return {"lr": lr, "loss": loss, "smoothed": smoothed, "suggested": lr[i_min] / 10,
-            "steepest": lr[int(np.argmin(slope))], "min_lr_at": lr[i_min],
-            "rule": "LR at the smoothed loss's minimum / 10"}
-
-
 def run_lr_range(a):
     out, steps = os.path.abspath(a["out"]), a["lr_steps"]
     folder = os.path.join(out, "lr_range")
@@ -509,17 +497,7 @@ def run_lr_range(a):
           f"loss's minimum / 10; steepest descent: {res['steepest']:.3g})")
     plt = pyplot()
     if plt is not None:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(res["lr"], res["loss"], color="C0", alpha=0.3, lw=0.8, label="loss")
-        ax.plot(res["lr"], res["smoothed"], color="C0", label="smoothed (EMA, beta 0.9)")
-        ax.axvline(res["suggested"], color="C2", ls="--", label=f"suggested (minimum / 10): {res['suggested']:.3g}")
-        ax.axvline(res["steepest"], color="C1", ls=":", label=f"steepest descent: {res['steepest']:.3g}")
-        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "lr_range.png"), dpi=100)
-        plt.close(fig)
+        plot_range(res, os.path.join(out, "lr_range.png"), plt)
     print(f"wrote {a['out']}/lr_range.json" + (", lr_range.png" if plt else ""))
 
 

@@ -97,6 +97,44 @@ def run_rows(args, rows, specs, root, config, summarize, table, plot=None):
     return results
 
 
+def run_sweep(out, config, args, jobs=2):
+    """python sweep.py config *args --out=out --jobs=jobs, its output shown as it comes. The
+    sweep skips the trials out/sweep.jsonl already holds, so a rerun reuses them, and an
+    interrupted one continues. Returns {trial id: its sweep.jsonl row}."""
+    cmd = [sys.executable, "sweep.py", config, *args, f"--out={out}", f"--jobs={jobs}"]
+    print(f"sweep -> {os.path.relpath(out, REPO)}", flush=True)
+    r = subprocess.run(cmd, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}")
+    return read_sweep(out)
+
+
+def read_sweep(out):
+    """{trial id: row} from out/sweep.jsonl; a trial that did not end well has val_loss inf."""
+    rows = {}
+    with open(os.path.join(out, "sweep.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                r["val_loss"] = r["val_loss"] if r["status"] == "ok" and r["val_loss"] is not None else float("inf")
+                rows[r["trial"]] = r
+    return rows
+
+
+def spikes(losses, window=10, jump=0.3):
+    """Loss spikes in a run's training losses (one per step): steps whose loss is more than
+    `jump` nats above the median of the `window` steps before them (a batch's own noise here
+    is ~0.05 nats), counted once per excursion."""
+    import statistics
+
+    count, inside = 0, False
+    for i in range(window, len(losses)):
+        high = not losses[i] <= statistics.median(losses[i - window:i]) + jump  # a NaN counts
+        count += high and not inside
+        inside = high
+    return count
+
+
 def val_at_time(evals, t):
     """Val loss at wall time t, from eval rows ({"time", "val_loss"}): linear between the
     two evals around it; the last value past the end; None before the first eval."""

@@ -4,6 +4,7 @@ tokens, byte for byte) instead of downloading it, and a preparation that fails f
 the text ends in one line, exit code 2 (no CalledProcessError traceback)."""
 
 import inspect
+import math
 import json
 import os
 import string
@@ -65,3 +66,36 @@ def test_an_offline_failure_to_prepare_is_one_line(tmp_path, monkeypatch, capsys
                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2, stderr=message + "\n"))
     code, err = exit_code(cli(lambda argv: harness.prepare_data(None)), [], capsys)
     assert code == 2 and err.count("\n") == 1 and "could not download" in err and "Traceback" not in err, err
+
+
+def test_a_spike_is_counted_once_per_excursion_and_a_nan_is_one():
+    flat = [2.0, 2.05, 1.95] * 10  # a batch's noise: no spike
+    assert harness.spikes(flat) == 0
+    assert harness.spikes(flat[:15] + [2.5, 2.6, 2.4] + flat[:12]) == 1  # three high steps in a row: one spike
+    assert harness.spikes(flat[:15] + [2.5] + flat[:5] + [2.5] + flat[:9]) == 2
+    assert harness.spikes(flat[:15] + [2.25] + flat[:5]) == 0  # 0.25 nats above the median: under the threshold
+    assert harness.spikes(flat[:15] + [float("nan")]) == 1
+
+
+def test_the_fitted_optimum_is_the_vertex_of_the_parabola_in_log_lr():
+    import lr_width_experiment as exp
+
+    lrs = [2.0 ** k for k in range(-10, -1)]
+    vertex = 2.0 ** -6.3
+    losses = [2 + 0.1 * (math.log2(lr) - math.log2(vertex)) ** 2 for lr in lrs]
+    assert exp.fitted_optimum(lrs, losses) == pytest.approx(vertex, rel=1e-9)
+    assert exp.fitted_optimum(lrs, losses[::-1]) == pytest.approx(2.0 ** (-12 + 6.3), rel=1e-9)
+    losses[-1] = 1.0  # the best at the grid's edge: that point itself
+    assert exp.fitted_optimum(lrs, losses) == lrs[-1]
+
+
+def test_the_basin_is_where_the_interpolated_loss_is_within_the_margin():
+    import lr_width_experiment as exp
+
+    lrs = [1.0, 2.0, 4.0, 8.0, 16.0]
+    # the best (2.0) at 4; 0.1 higher one grid step either side: the 0.05 line is crossed halfway
+    low, high = exp.basin(lrs, [3.0, 2.1, 2.0, 2.1, 3.0])
+    assert low == pytest.approx(2 ** 1.5) and high == pytest.approx(2 ** 2.5)
+    low, high = exp.basin(lrs, [2.03, 2.01, 2.0, 2.5, float("inf")])  # inside to the grid's left edge
+    assert low == 1.0 and high == pytest.approx(2 ** (2 + 0.05 / 0.5))
+    assert exp.basin(lrs, [2.0, 3.0, 3.0, 3.0, 3.0]) == (1.0, pytest.approx(2 ** 0.05))

@@ -214,6 +214,29 @@ def test_a_rerun_runs_nothing(finished, capsys, monkeypatch):
     assert {t: os.stat(os.path.join(out, "trials", t)).st_mtime_ns for t in mtimes} == mtimes
 
 
+def test_the_config_files_swept_keys_may_change_and_its_others_may_not(finished, tmp_path, capsys, monkeypatch):
+    out, argv = finished
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("a recorded trial ran again"))
+    edited = tmp_path / "edited.py"
+    edited.write_text(open(argv[0]).read() + "learning_rate = 0.005  # swept: no trial sees it\n")
+    code, err = exit_code(sweep.main, [str(edited), *argv[1:]], capsys)
+    assert code == 2 and "holds a different sweep (config differ" in err  # another file: its path differs
+    import shutil
+
+    shutil.copy(argv[0], tmp_path / "orig.py")
+    try:
+        with open(argv[0], "a") as f:
+            f.write("learning_rate = 0.005\n")
+        code, err = exit_code(sweep.main, argv, capsys)
+        assert code == 0, err
+        with open(argv[0], "a") as f:
+            f.write("beta2 = 0.99\n")  # reaches every trial: another sweep
+        code, err = exit_code(sweep.main, argv, capsys)
+        assert code == 2 and "holds a different sweep (base differ" in err, err
+    finally:
+        shutil.copy(tmp_path / "orig.py", argv[0])
+
+
 def test_another_spec_or_a_running_sweep_in_the_same_out_is_refused(finished, capsys):
     out, argv = finished
     other = [a.replace("1e30", "1e-2") for a in argv]
@@ -316,3 +339,33 @@ def test_the_lr_range_test_on_a_tiny_model(base_config, char_dataset, tmp_path, 
     assert "the range test runs with weight_decay=0" in printed
     assert (f"suggested learning_rate = {res['suggested']:.3g} (rule: LR at the smoothed loss's minimum / 10; "
             f"steepest descent: {res['steepest']:.3g})") in printed
+
+
+def test_a_sigkilled_sweep_takes_its_trials_with_it_and_a_rerun_starts_at_once(base_config, char_dataset, tmp_path,
+                                                                                capsys):
+    """SIGKILL gives the sweep no chance to stop its trials: the kernel does (PR_SET_PDEATHSIG),
+    so the trial in flight ends, the lock is free, and the rerun runs it again."""
+    out = tmp_path / "killed"
+    slow = [base_config, "--grid", "learning_rate=1e-3", "--out", str(out), f"--dataset={char_dataset}", *FAST,
+            "--max_iters=100000", "--eval_interval=100000"]
+    proc = subprocess.Popen([sys.executable, "sweep.py", *slow], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = out / "trials" / "t000" / "train.log"
+    deadline = time.time() + 60
+    while not (log.exists() and "tokens per optimizer step" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        for _ in range(200):  # the orphan would hold the lock for 100,000 steps
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("the trial outlived its SIGKILLed sweep by 10 s")
+    finally:
+        os.close(fd)
+    assert not (out / "sweep.jsonl").exists()  # nothing recorded: the rerun starts the trial again
