@@ -12,9 +12,9 @@ train.py process of its own), and the LR range test, which finds a learning rate
 --grid KEY=v1,v2,... and --random KEY=DIST repeat; DIST is uniform:a:b, loguniform:a:b (0 < a),
 int:a:b (both ends included) or choice:x,y,z. --trials N random samples (required with --random;
 a grid alone runs each point once). --jobs J trials at once (default 1), each with 1/J of the
-CPUs as its OMP/MKL threads. --seed S (default 0) seeds the samples only (train.py's seed goes in
-CONFIG.py, or --grid seed=1,2,3). Any other --key=value is fixed for every trial (train.py runs
-in the repo root: relative paths in values are read from there).
+CPUs as its OMP/MKL threads. --sample_seed S (default 0) seeds the random samples. Any other
+--key=value is fixed for every trial, --seed=N (train.py's seed) included (train.py runs in the
+repo root: relative paths in values are read from there).
 
 The trials: the grid's product (first key slowest) times the N samples, sample i drawn from
 random.Random("S/i") whatever the grid. Trial tNNN runs `train.py CONFIG.py <fixed> <params>
@@ -67,14 +67,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_sweep_args(argv):
-    """argv -> {config, grid {key: [values]}, random {key: dist}, trials, jobs, out, seed,
+    """argv -> {config, grid {key: [values]}, random {key: dist}, trials, jobs, out, sample_seed,
     fixed {key: value}, report, lr_range, lr_min, lr_max, lr_steps}."""
     p = Parser(add_help=False, allow_abbrev=False)  # no abbreviations: --lr=... is not --lr_min
     p.add_argument("config", nargs="?")
     p.add_argument("--grid", action="append", default=[])
     p.add_argument("--random", action="append", default=[])
     p.add_argument("--lr_range", action="store_true")
-    for flag, tp, default in (("--trials", int, None), ("--jobs", int, 1), ("--seed", int, 0), ("--out", str, None),
+    for flag, tp, default in (("--trials", int, None), ("--jobs", int, 1), ("--sample_seed", int, 0),
+                              ("--out", str, None),
                               ("--report", str, None), ("--lr_min", float, 1e-5), ("--lr_max", float, 1.0),
                               ("--lr_steps", int, 200)):
         p.add_argument(flag, type=tp, default=default)
@@ -142,7 +143,7 @@ def check_combination(a, given):
     elif a["jobs"] < 1:
         raise UserError(f"--jobs {a['jobs']}: must be >= 1")
     elif a["lr_range"]:
-        bad = [f for f in given if f in ("--grid", "--random", "--trials", "--seed")]
+        bad = [f for f in given if f in ("--grid", "--random", "--trials", "--sample_seed")]
         if bad:
             raise UserError(f"{bad[0]}: --lr_range runs one range test, not a sweep; drop {bad[0]}")
         if not 0 < a["lr_min"] < a["lr_max"]:
@@ -336,11 +337,11 @@ def run_sweep(a):
     # fixed keys are left out, so that editing, say, its learning_rate does not change a learning-rate sweep
     base = {k: v for k, v in read_config_file(a["config"]).items()
             if k not in a["grid"] and k not in a["random"] and k not in a["fixed"]}
-    trials = expand_trials(a["grid"], a["random"], a["trials"] or 1, a["seed"])
+    trials = expand_trials(a["grid"], a["random"], a["trials"] or 1, a["sample_seed"])
     cmds = {t["id"]: train_cmd(config, {**a["fixed"], **t["params"]}, os.path.join(out, "trials", t["id"]),
                                f"trial {t['id']} ({' '.join(as_args(t['params']))})") for t in trials}
     spec = {"config": config, "base": base, "fixed": a["fixed"], "grid": a["grid"], "random": a["random"],
-            "trials": a["trials"], "seed": a["seed"], "trial_list": trials}
+            "trials": a["trials"], "seed": a["sample_seed"], "trial_list": trials}
     spec = json.loads(json.dumps(spec))  # as sweep.json reads back (tuples become lists)
     lock_fd = take_lock(out)
     try:

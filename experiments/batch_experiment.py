@@ -7,9 +7,10 @@ at batch 16 (configs/hparam_char.py's learning_rate, the widths experiment's opt
 width 128; or --lr), and a small sweep checks
 the rule: half of it, it, and twice it. Warmup is 5% of each run's steps, the decay cosine;
 the model is configs/hparam_char.py (2 layers, 128 wide, fp32). Then gradient accumulation:
-batch 16 x 4 micro-steps against batch 64 at the same rate and tokens.
+batch 16 x 4 micro-steps against batch 64 at the same rates and tokens (the sampler draws the
+same 64 windows either way, so only the order of the sums differs).
 
-    python experiments/batch_experiment.py               # 19 runs, ~8 min on 2 CPU cores
+    python experiments/batch_experiment.py               # 20 runs, ~8 min on 2 CPU cores
     python experiments/batch_experiment.py --lr 4e-3     # another tuned rate at batch 16
 
 Columns: steps, the rule's rate, the best of the three, val loss at each, loss spikes in
@@ -49,9 +50,9 @@ def run(row, lr16, dtype):
     steps = steps_for(batch)
     fixed = [f"--max_iters={steps}", f"--warmup_iters={max(1, steps // 20)}", f"--eval_interval={steps}",
              "--log_interval=1"] + ([f"--dtype={dtype}"] if dtype != "auto" else [])
-    if row == "accum":  # batch 64 made of 4 micro-batches of 16: the rule's rate only
+    if row == "accum":  # batch 64 made of 4 micro-batches of 16: at half the rule's rate and at it
         fixed += ["--batch_size=16", "--gradient_accumulation_steps=4"]
-        lrs = [rule(64, lr16)]
+        lrs = [rule(64, lr16) * m for m in MULTS[:2]]
     else:
         fixed += [f"--batch_size={batch}"]
         lrs = [rule(batch, lr16) * m for m in MULTS]
@@ -78,10 +79,11 @@ def table(rows):
     accum = next((x for x in rows if x["row"] == "accum"), None)
     b64 = next((x for x in rows if x["row"] == "b64"), None)
     if accum and b64:
-        one = next(t for t in b64["trials"] if math.isclose(t["lr"], accum["trials"][0]["lr"], rel_tol=1e-3))
-        lines += ["", f"accumulation at lr {accum['trials'][0]['lr']:.3g}, {accum['steps']} steps: batch 64 in one "
-                      f"micro-batch {one['val_loss']:.4f}, as 4 x 16 {accum['trials'][0]['val_loss']:.4f} "
-                      f"(difference {accum['trials'][0]['val_loss'] - one['val_loss']:+.5f})"]
+        lines += ["", "| lr | batch 64, one micro-batch | 4 micro-batches of 16 | difference |", "|---:|---:|---:|---:|"]
+        for t in accum["trials"]:
+            one = next(x for x in b64["trials"] if math.isclose(x["lr"], t["lr"], rel_tol=1e-3))
+            lines.append(f"| {t['lr']:.3g} | {one['val_loss']:.4f} | {t['val_loss']:.4f} | "
+                         f"{t['val_loss'] - one['val_loss']:+.5f} |")
     return "\n".join(lines)
 
 

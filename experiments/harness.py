@@ -100,13 +100,13 @@ def run_rows(args, rows, specs, root, config, summarize, table, plot=None):
 def run_sweep(out, config, args, jobs=2):
     """python sweep.py config *args --out=out --jobs=jobs, its output shown as it comes. The
     sweep skips the trials out/sweep.jsonl already holds, so a rerun reuses them, and an
-    interrupted one continues. Returns {trial id: its sweep.jsonl row}."""
+    interrupted one continues. Returns {trial id: its sweep.jsonl row} ({} for --lr_range)."""
     cmd = [sys.executable, "sweep.py", config, *args, f"--out={out}", f"--jobs={jobs}"]
     print(f"sweep -> {os.path.relpath(out, REPO)}", flush=True)
     r = subprocess.run(cmd, cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}")
-    return read_sweep(out)
+    return read_sweep(out) if os.path.exists(os.path.join(out, "sweep.jsonl")) else {}
 
 
 def read_sweep(out):

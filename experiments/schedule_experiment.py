@@ -6,6 +6,7 @@ character-level tiny shakespeare, 600 steps, fp32), whose learning_rate is the t
 
     python experiments/schedule_experiment.py          # 20 runs, ~7 min on 2 CPU cores
     python experiments/schedule_experiment.py --rows warmup
+    python experiments/schedule_experiment.py --rows schedules,wsd --seed 2 --plot ""   # a second seed (~4 min)
 
 Rows:
   warmup     at the tuned rate, 3x and 10x it: no warmup, or 1%, 5%, 10% of the steps (cosine
@@ -47,8 +48,8 @@ def curve(out_dir):
     return [r["iter"] for r in rows], [r["loss"] for r in rows]
 
 
-def warmup_rows(lr, extra):
-    out = os.path.join(ROOT, "warmup")
+def warmup_rows(lr, extra, root):
+    out = os.path.join(root, "warmup")
     lrs = ",".join(f"{lr * m:.4g}" for m in MULTS)
     trials = run_sweep(out, CONFIG, ["--grid", f"learning_rate={lrs}", "--grid",
                                      "warmup_iters=" + ",".join(map(str, WARMUPS)), "--log_interval=1"] + extra)
@@ -61,8 +62,8 @@ def warmup_rows(lr, extra):
     return rows
 
 
-def schedule_rows(lr, extra):
-    out = os.path.join(ROOT, "schedules")
+def schedule_rows(lr, extra, root):
+    out = os.path.join(root, "schedules")
     trials = run_sweep(out, CONFIG, ["--grid", "lr_schedule=" + ",".join(SCHEDULES), f"--learning_rate={lr:.4g}",
                                      "--log_interval=1"] + extra)
     return [{"schedule": t["params"]["lr_schedule"], "val_loss": t["val_loss"],
@@ -82,10 +83,15 @@ def resume_to(name, out_dir, args):
                out_dir + f"-{target}.log")
 
 
-def wsd_rows(lr, extra):
+def wsd_rows(lr, extra, root):
     """One WSD run branched at step 240: its decays to 300 and to 600; cosine runs of each length."""
+    # one thread, as a trial of `sweep.py --jobs 2` has: another thread count sums in another
+    # order, and at this rate (just below the cliff) that alone moves the final loss by up to
+    # ~0.04 nats. With the same arithmetic the branch decayed at 600 equals the schedules
+    # row's WSD trial, and cosine 600 its cosine trial, bit for bit
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     common = [f"--learning_rate={lr:.4g}", "--log_interval=1"] + extra
-    main, branch = os.path.join(ROOT, "wsd-main"), os.path.join(ROOT, "wsd-300")
+    main, branch = os.path.join(root, "wsd-main"), os.path.join(root, "wsd-300")
     stable_end = int(300 * 0.8)  # both decays start here: decay_frac = 0.2 of 300 is 60 steps
     if not os.path.exists(os.path.join(branch, "metrics.jsonl")):
         shutil.rmtree(main, ignore_errors=True)
@@ -93,11 +99,14 @@ def wsd_rows(lr, extra):
         resume_to("wsd stable phase", main, common + ["--lr_schedule=wsd", f"--max_iters={stable_end}",
                                                       "--lr_decay_iters=600", f"--eval_interval={stable_end}"])
         shutil.copytree(main, branch)
-    resume_to("wsd decayed at 300", branch, common + ["--init_from=resume", "--max_iters=300", "--lr_decay_iters=300"])
-    resume_to("wsd decayed at 600", main, common + ["--init_from=resume", "--max_iters=600", "--lr_decay_iters=600"])
+    # --lr_schedule again: CONFIG's cosine would override the checkpoint's (files come after it)
+    resume_to("wsd decayed at 300", branch, common + ["--init_from=resume", "--lr_schedule=wsd", "--max_iters=300",
+                                                      "--lr_decay_iters=300"])
+    resume_to("wsd decayed at 600", main, common + ["--init_from=resume", "--lr_schedule=wsd", "--max_iters=600",
+                                                    "--lr_decay_iters=600"])
     rows = []
     for steps, wsd_dir in ((300, branch), (600, main)):
-        cos_dir = os.path.join(ROOT, f"cosine-{steps}")
+        cos_dir = os.path.join(root, f"cosine-{steps}")
         resume_to(f"cosine {steps}", cos_dir, common + [f"--max_iters={steps}", f"--eval_interval={steps}"])
         rows.append({"steps": steps, "wsd": [r for r in read_metrics(wsd_dir) if "val_loss" in r][-1]["val_loss"],
                      "cosine": [r for r in read_metrics(cos_dir) if "val_loss" in r][-1]["val_loss"],
@@ -171,18 +180,25 @@ def plot(res, path):
 
 @cli
 def main(argv=None):
-    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "schedule.png"))
+    seed = lambda p: p.add_argument("--seed", type=int, default=None,
+                                    help="train.py's seed for every run (default: the config's), its runs in "
+                                         "out-hparam/seed<N>/")
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "schedule.png"), extra=seed)
     lr = read_config_file(os.path.join(REPO, CONFIG))["learning_rate"]
-    extra = [f"--dtype={args.dtype}"] if args.dtype != "auto" else []
+    extra = [f"--dtype={args.dtype}"] if args.dtype != "auto" else []  # train.py's settings, for every run
+    root = ROOT
+    if args.seed is not None:
+        extra, root = extra + [f"--seed={args.seed}"], os.path.join(ROOT, f"seed{args.seed}")
+        os.makedirs(root, exist_ok=True)
     res = {}
     for row in rows:
-        res[row] = {"warmup": warmup_rows, "schedules": schedule_rows, "wsd": wsd_rows}[row](lr, extra)
+        res[row] = {"warmup": warmup_rows, "schedules": schedule_rows, "wsd": wsd_rows}[row](lr, extra, root)
     md = tables(res)
     print()
     print(md)
     if args.plot:
         plot(res, args.plot)
-    with open(os.path.join(ROOT, "schedule.json"), "w") as f:
+    with open(os.path.join(root, "schedule.json"), "w") as f:
         json.dump({"rows": {k: v for k, v in res.items()}, "table": md}, f)
 
 

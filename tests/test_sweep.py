@@ -107,7 +107,10 @@ def test_random_specs_are_typed_as_their_key():
                                 "--trials", "3", "--out", "o"])
     assert a["random"] == {"weight_decay": ("loguniform", 0.001, 0.1), "n_layer": ("int", 1, 4),
                            "lr_schedule": ("choice", ["cosine", "wsd"]), "dropout": ("choice", [0.0, 0.1])}
-    assert a["trials"] == 3 and a["jobs"] == 1 and a["seed"] == 0 and a["fixed"] == {}
+    assert a["trials"] == 3 and a["jobs"] == 1 and a["sample_seed"] == 0 and a["fixed"] == {}
+    # --seed is train.py's key, like any other: fixed for every trial, not the sampling's seed
+    a = sweep.parse_sweep_args(["c.py", "--grid", "dropout=0,0.1", "--seed=2", "--sample_seed", "5", "--out", "o"])
+    assert a["fixed"] == {"seed": 2} and a["sample_seed"] == 5
 
 
 # ----------------------------------------------------------------------------------------
