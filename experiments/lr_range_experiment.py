@@ -6,7 +6,7 @@ rate by its rule (the smoothed loss's minimum / 10; the steepest descent is prin
 and both suggestions are then trained like any trial; against them, the best of the nine-
 point sweep the widths experiment runs at this width (2.5e-4 to 6.4e-2, a factor 2 apart).
 
-    python experiments/lr_range_experiment.py          # 1 range test + 2 + 9 runs, ~5 min on 2 CPU cores
+    python experiments/lr_range_experiment.py          # 1 range test + 2 + 9 runs, ~6 min on 2 CPU cores
 
 The table: each rate, how it was found, its val loss and the gap to the sweep's best
 (the issue asks for <= 0.05 nats). The plot (docs/lr_range.png, drawn by sweep.py): the

@@ -6,7 +6,7 @@ one Adam rate for every tensor), one under muP with base width 128 (mup.py). Eac
 configs/hparam_char.py: character-level tiny shakespeare, 600 steps of 16 x 64 tokens,
 5% warmup and a cosine decay to 0, fp32; sweep.py runs them two at a time.
 
-    python experiments/lr_width_experiment.py                # both sweeps: 54 runs, ~20 min on 2 CPU cores
+    python experiments/lr_width_experiment.py                # both sweeps: 54 runs, 22 min on 2 CPU cores
     python experiments/lr_width_experiment.py --rows sp      # the standard parameterization alone
     python experiments/lr_width_experiment.py --rows mup
     python experiments/lr_width_experiment.py --rows sp,mup,seeds   # + widths 64 and 256 at seed 2 (~6 min more)
