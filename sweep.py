@@ -334,9 +334,10 @@ def run_trials(out, todo, jobs, lock_fd):
 def run_sweep(a):
     config, out = os.path.abspath(a["config"]), os.path.abspath(a["out"])
     # the config file's settings that reach the trials (its errors name it as given): the swept and
-    # fixed keys are left out, so that editing, say, its learning_rate does not change a learning-rate sweep
+    # fixed keys and out_dir are left out, so that editing, say, its learning_rate does not change a
+    # learning-rate sweep
     base = {k: v for k, v in read_config_file(a["config"]).items()
-            if k not in a["grid"] and k not in a["random"] and k not in a["fixed"]}
+            if k not in a["grid"] and k not in a["random"] and k not in a["fixed"] and k != "out_dir"}
     trials = expand_trials(a["grid"], a["random"], a["trials"] or 1, a["sample_seed"])
     cmds = {t["id"]: train_cmd(config, {**a["fixed"], **t["params"]}, os.path.join(out, "trials", t["id"]),
                                f"trial {t['id']} ({' '.join(as_args(t['params']))})") for t in trials}

@@ -3,7 +3,7 @@
 # 600 steps of 16 x 64 tokens. Minutes on a 2-core CPU per sweep of a dozen runs.
 #   python train.py configs/hparam_char.py
 #   python sweep.py configs/hparam_char.py --grid learning_rate=1e-3,3e-3,1e-2 --jobs 2 --out sweeps/lr
-out_dir = "out-hparam"
+out_dir = "out-hparam-run"  # (the experiments write under out-hparam/)
 dataset = "shakespeare_char"
 n_layer = 2
 n_head = 4
