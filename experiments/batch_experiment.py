@@ -21,11 +21,10 @@ critical batch size; here, at equal tokens, it is where a doubling starts to cos
 The plot (docs/batch.png): best val loss against batch size. Sweeps: out-hparam/batch-*.
 """
 
-import json
 import math
 import os
 
-from harness import REPO, parse_args, pyplot, read_metrics, run_sweep, spikes
+from harness import REPO, finish, parse_args, pyplot, read_metrics, run_sweep, spikes
 from config import read_config_file
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
@@ -115,13 +114,7 @@ def main(argv=None):
                                      help=f"the tuned learning rate at batch 16 (default: {CONFIG}'s, {tuned:g})")
     args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "batch.png"), extra=extra)
     results = [run(row, args.lr, args.dtype) for row in rows]
-    md = table(results)
-    print()
-    print(md)
-    if args.plot:
-        plot(results, args.plot)
-    with open(os.path.join(ROOT, "batch.json"), "w") as f:
-        json.dump({"rows": results, "table": md}, f, indent=1)
+    finish(results, table(results), plot, args.plot, os.path.join(ROOT, "batch.json"))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ def run_rows(args, rows, specs, root, config, summarize, table, plot=None):
     return results
 
 
+def finish(results, md, plot, plot_path, path):
+    """An experiment's last steps: print its table, draw plot(results, plot_path) unless
+    plot_path is empty, and write {"rows": results, "table": md} to path."""
+    print()
+    print(md)
+    if plot_path:
+        plot(results, plot_path)
+    with open(path, "w") as f:
+        json.dump({"rows": results, "table": md}, f, indent=1)
+
+
 def run_sweep(out, config, args, jobs=2):
     """python sweep.py config *args --out=out --jobs=jobs, its output shown as it comes. The
     sweep skips the trials out/sweep.jsonl already holds, so a rerun reuses them, and an

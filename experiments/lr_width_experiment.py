@@ -21,11 +21,10 @@ each parameterization. The sweeps live in out-hparam/lr-sp and out-hparam/lr-mup
 (`python sweep.py --report out-hparam/lr-sp` prints one's own table).
 """
 
-import json
 import math
 import os
 
-from harness import REPO, parse_args, pyplot, run_sweep
+from harness import REPO, finish, parse_args, pyplot, run_sweep
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-hparam")
@@ -144,13 +143,7 @@ def main(argv=None):
     for row in rows:
         trials = run_sweep(os.path.join(ROOT, f"lr-{row}"), CONFIG, sweep_args(row, args.dtype))
         results += summarize(row, trials)
-    md = table(results)
-    print()
-    print(md)
-    if args.plot:
-        plot(results, args.plot)
-    with open(os.path.join(ROOT, "lr_width.json"), "w") as f:
-        json.dump({"rows": results, "table": md}, f, indent=1)
+    finish(results, table(results), plot, args.plot, os.path.join(ROOT, "lr_width.json"))
 
 
 if __name__ == "__main__":

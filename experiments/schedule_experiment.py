@@ -23,13 +23,12 @@ loss curves of the four schedules; the WSD branches against the two cosine runs.
 Sweeps and runs: out-hparam/warmup, out-hparam/schedules, out-hparam/wsd-*.
 """
 
-import json
 import math
 import os
 import shutil
 import sys
 
-from harness import REPO, parse_args, pyplot, read_metrics, run_logged, run_sweep, spikes
+from harness import REPO, finish, parse_args, pyplot, read_metrics, run_logged, run_sweep, spikes
 from config import read_config_file
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
@@ -193,13 +192,7 @@ def main(argv=None):
     res = {}
     for row in rows:
         res[row] = {"warmup": warmup_rows, "schedules": schedule_rows, "wsd": wsd_rows}[row](lr, extra, root)
-    md = tables(res)
-    print()
-    print(md)
-    if args.plot:
-        plot(res, args.plot)
-    with open(os.path.join(root, "schedule.json"), "w") as f:
-        json.dump({"rows": {k: v for k, v in res.items()}, "table": md}, f)
+    finish(res, tables(res), plot, args.plot, os.path.join(root, "schedule.json"))
 
 
 if __name__ == "__main__":
