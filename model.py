@@ -20,6 +20,8 @@ Options that keep the defaults GPT-2's model exactly (README, "Sparse attention"
     pos_emb        learned | rope (Su et al. 2021, `rope`) | none: positions in a table, a rotation, or not at all
     emb_dim        ALBERT's factorized embedding (Lan et al. 2019): a V x E table, an E x n_embd projection
     share_layers   all (ALBERT) | immediate (MobileLLM, Liu et al. 2024): blocks stored once, run at several layers
+    mup            muP (Yang et al. 2022; the rules: mup.py): init, attention and readout scaled with n_embd /
+                   mup_base_width, and GPT.lr_scale for step.make_optimizer; at the base width, GPT-2 exactly
 generate() keeps a KV cache (attention.KVCache) unless asked to recompute the context.
 
 Two things differ from nanoGPT, both measured (see README):
