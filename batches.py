@@ -12,11 +12,14 @@ saves; .rank and .world let data-parallel processes share one stream):
   RandomWindows   uniform random windows of block_size + 1 tokens (nanoGPT's get_batch)
   AlignedWindows  whole consecutive windows [w*T, (w+1)*T], the ones a soft-label cache
                   was made on (distill.py), so the student sees the teacher's contexts
-Curriculum samplers (sequence-length warmup, ordering by difficulty, mixtures) go here too.
+  SeqLenWindows   sequence-length warmup: shorter windows first, as many more of them, the
+                  tokens per step unchanged (curriculum=seqlen)
+Curriculum samplers still to come (ordering by difficulty, mixtures) go here too.
 """
 
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -89,13 +92,54 @@ class RandomWindows:
         self.offsets = np.arange(block_size + 1)
 
     def next(self):
+        return self._draw(self.batch_size, self.block_size, self.offsets)
+
+    def _draw(self, batch, length, offsets):
         # data parallel without a distributed sampler: every process draws the batches of all
         # `world` processes in rank order and keeps its own. All generators then stay in one
         # state (the one data position a checkpoint saves), and N processes see exactly the
         # micro-batches one process would draw in a row.
-        starts = [torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=self.generator)
+        starts = [torch.randint(len(self.data) - length, (batch,), generator=self.generator)
                   for _ in range(self.world)][self.rank]
-        return windows_at(self.data, starts.numpy(), self.offsets, self.device)
+        return windows_at(self.data, starts.numpy(), offsets, self.device)
+
+
+# ----------------------------------------------------------------------------------------
+# curricula: sequence-length warmup (Li et al. 2022, "The Stability-Efficiency Dilemma")
+
+
+def seqlen_at(it, start, block_size, iters, pacing, tokens):
+    """The window length at optimizer step `it` of a sequence-length warmup: from `start` to
+    block_size over `iters` steps, by the pacing fraction p = it / iters,
+        linear: p        root: sqrt(p) (longer sooner)        step: floor(4 p) / 4 (four stages),
+    rounded down to a length that is a multiple of 8 and divides `tokens` (a micro-batch's
+    tokens, batch_size * block_size), so that every micro-batch holds exactly `tokens` tokens
+    (tokens / length sequences). block_size from step `iters` on."""
+    if it >= iters:
+        return block_size
+    p = it / iters
+    frac = {"linear": p, "root": math.sqrt(p), "step": math.floor(4 * p) / 4}[pacing]
+    raw = start + frac * (block_size - start)
+    return max(n for n in range(start, block_size + 1, 8) if tokens % n == 0 and n <= raw)
+
+
+class SeqLenWindows(RandomWindows):
+    """RandomWindows whose length grows with the optimizer step (`it`, set by the loop before
+    each step): seqlen_at's length, and batch_size * block_size / length sequences of it, so
+    the tokens per step stay those of the full windows. The length is a function of the step,
+    so a checkpoint's step and generator state resume it exactly."""
+
+    def __init__(self, data, batch_size, block_size, device, seed, start, iters, pacing):
+        super().__init__(data, batch_size, block_size, device, seed)
+        self.start, self.iters, self.pacing, self.it = start, iters, pacing, 0
+
+    def length(self):
+        return seqlen_at(self.it, self.start, self.block_size, self.iters, self.pacing,
+                         self.batch_size * self.block_size)
+
+    def next(self):
+        n = self.length()
+        return self._draw(self.batch_size * self.block_size // n, n, self.offsets[:n + 1])
 
 
 class AlignedWindows:

@@ -68,6 +68,11 @@ class TrainConfig:
     lr_decay_iters: int = 0  # the schedule ends (at min_lr) here; 0 = max_iters
     min_lr: float = 6e-5  # learning rate at the end of the decay
     decay_frac: float = 0.2  # wsd: the decay takes this last fraction of the schedule
+    # curriculum (batches.py): off at curriculum = 'none'
+    curriculum: Literal["none", "seqlen"] = "none"  # seqlen: sequence-length warmup (batches.SeqLenWindows)
+    curriculum_start_len: int = 8  # seqlen: the first windows' length (a multiple of 8)
+    curriculum_iters: int = 1000  # seqlen: steps until the windows reach block_size
+    curriculum_pacing: Literal["linear", "root", "step"] = "linear"  # seqlen: how the length grows (batches.seqlen_at)
     # system
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see system.py
@@ -106,6 +111,10 @@ class TrainConfig:
                              f"min_lr > 0 (got {self.min_lr}) and warmup_iters=0 (got {self.warmup_iters})")
         if not 0.0 < self.decay_frac <= 1.0:
             raise ValueError(f"decay_frac={self.decay_frac} must be in (0, 1]")
+        if not (self.curriculum_start_len >= 8 and self.curriculum_start_len % 8 == 0):
+            raise ValueError(f"curriculum_start_len={self.curriculum_start_len} must be a multiple of 8 (>= 8)")
+        if self.curriculum_iters < 1:
+            raise ValueError(f"curriculum_iters={self.curriculum_iters} must be >= 1")
         if not -(2**63) <= self.seed < 2**63:
             raise ValueError(f"seed={self.seed} must be in [-2**63, 2**63) (torch's generators take 64 bits)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -156,6 +165,9 @@ PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_alpha", "lora_rslora", "lora_targets"
 # the keys that only matter to one PEFT method
 PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
 # model keys that only matter under one value of another: key -> (that key, its value)
+# train keys that only matter under one value of another, as MODEL_SETTING_OF
+TRAIN_SETTING_OF = {k: ("curriculum", "seqlen") for k in ("curriculum_start_len", "curriculum_iters",
+                                                          "curriculum_pacing")}
 MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
                     "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
                     "rope_theta": ("pos_emb", "rope"), "mup_base_width": ("mup", True)}
@@ -330,10 +342,20 @@ def validate(cfg, overrides):
             if key.startswith(prefix) and pc.peft != method:
                 raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
                                 f"add --peft={method} or drop --{key}")
-    for key, (option, value) in MODEL_SETTING_OF.items():
-        if key in overrides and getattr(mc, option) != value:
-            raise UserError(f"{key} is a setting of {option}={value!r} but {option}={getattr(mc, option)!r}; "
-                            f"add --{option}={value} or drop --{key}")
+    for table, section in ((MODEL_SETTING_OF, mc), (TRAIN_SETTING_OF, tc)):
+        for key, (option, value) in table.items():
+            if key in overrides and getattr(section, option) != value:
+                raise UserError(f"{key} is a setting of {option}={value!r} but {option}={getattr(section, option)!r}; "
+                                f"add --{option}={value} or drop --{key}")
+    if tc.curriculum == "seqlen":
+        tokens = tc.batch_size * mc.block_size
+        if mc.block_size % 8 or tokens % tc.curriculum_start_len or tc.curriculum_start_len > mc.block_size:
+            raise UserError(f"curriculum='seqlen' grows windows from curriculum_start_len={tc.curriculum_start_len} to "
+                            f"block_size={mc.block_size} in multiples of 8 that divide batch_size * block_size = "
+                            f"{tokens}: use a block_size that is a multiple of 8 and a start length dividing {tokens}")
+        if cfg.kd.soft_labels:
+            raise UserError("curriculum='seqlen' draws windows of its own lengths, but a soft-label cache fixes the "
+                            "windows; drop --soft_labels or the curriculum")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
                         f"the layer's smaller side; use lora_r <= {mc.n_embd}")

@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 import distill
-from batches import AlignedWindows, RandomWindows, load_dataset
+from batches import AlignedWindows, RandomWindows, SeqLenWindows, load_dataset
 from checkpoint import (file_sha256, read_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state,
                         write_json_atomic)
 from config import Config, check_memory, load_config
@@ -159,6 +159,9 @@ def setup(cfg, device, dtype, rank, world):
         raise UserError(str(e)) from None
     if isinstance(teacher, distill.CachedTeacher):
         windows = AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
+    elif tc.curriculum == "seqlen":
+        windows = SeqLenWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, tc.curriculum_start_len,
+                                tc.curriculum_iters, tc.curriculum_pacing)
     else:
         windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
     windows.rank, windows.world = rank, world
@@ -287,6 +290,7 @@ def train_steps(run):
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]  # 1, but for muP's hidden matrices (step.make_optimizer)
         terms = {}
+        run.windows.it = run.iter_num  # a curriculum's position (SeqLenWindows: the windows' length)
         loss = forward_backward(run.run_model, run.windows, run.ctx, run.scaler,
                                 tc.gradient_accumulation_steps // run.world, run.teacher, run.cfg.kd, terms)
         loss_value = all_mean(loss, run.world).item()  # every process sees the same value: all stop, or none
@@ -319,6 +323,8 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
     """A training row of metrics.jsonl; returns the progress bar's postfix."""
     row = {"iter": it, "loss": loss_value, "lr": lr, "tokens_per_sec": round(tok_s, 1)}
     postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+    if isinstance(run.windows, SeqLenWindows):
+        row["seq_len"] = postfix["len"] = run.windows.length()
     if run.moe:
         # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
         stats = moe_statistics(run.model.moe_stats)

@@ -1,0 +1,75 @@
+"""Curricula (batches.py): sequence-length warmup's lengths at known steps, its constant
+tokens per step, and its exact resume through train.py."""
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from batches import RandomWindows, SeqLenWindows, seqlen_at
+from config import load_config
+from conftest import TINY, exit_code
+from test_train import load_state, read_metrics, run_train_subprocess, train_losses
+
+
+def test_seqlen_lengths_at_known_steps():
+    # batch 12 x block 64 = 768 tokens: the lengths that are multiples of 8 and divide 768
+    allowed = [n for n in range(8, 65, 8) if 768 % n == 0]
+    assert allowed == [8, 16, 24, 32, 48, 64]
+    at = lambda it, pacing: seqlen_at(it, 8, 64, 100, pacing, 768)
+    # linear: 8 + p * 56, rounded down to an allowed length
+    assert [at(it, "linear") for it in (0, 25, 50, 75, 99, 100, 500)] == [8, 16, 32, 48, 48, 64, 64]  # 22, 36, 50, 63.4
+    # root: 8 + sqrt(p) * 56 (p = 0.04 -> 19.2, 0.25 -> 36, 0.81 -> 58.4)
+    assert [at(it, "root") for it in (4, 25, 81)] == [16, 32, 48]
+    # step: four stages, 8 + {0, 14, 28, 42} -> 8, 16 (22), 32 (36), 48 (50)
+    assert [at(it, "step") for it in (0, 24, 25, 49, 50, 74, 75, 99, 100)] == [8, 8, 16, 16, 32, 32, 48, 48, 64]
+
+
+@pytest.mark.parametrize("pacing", ["linear", "root", "step"])
+def test_seqlen_windows_keep_the_tokens_per_step_and_reach_block_size_at_curriculum_iters(pacing):
+    data = np.arange(5000, dtype=np.uint16)  # token i is i: a window's tokens must be consecutive
+    w = SeqLenWindows(data, 12, 64, "cpu", 0, 8, 40, pacing)
+    lengths = []
+    for it in range(45):
+        w.it = it
+        x, y = w.next()
+        assert x.numel() == y.numel() == 12 * 64  # the same tokens per micro-batch at every length
+        assert x.shape[1] == w.length() and w.length() % 8 == 0
+        assert torch.equal(y, x + 1)  # next-token targets of consecutive windows
+        lengths.append(x.shape[1])
+    assert lengths[0] == 8 and lengths == sorted(lengths)  # never shrinks
+    assert max(lengths[:40]) < 64 and lengths[40:] == [64] * 5  # block_size exactly from curriculum_iters on
+
+
+def test_random_windows_draw_as_before():
+    # the draw was factored out of RandomWindows.next for SeqLenWindows: the same windows as torch.randint gives
+    data = np.arange(5000, dtype=np.uint16)
+    x, _ = RandomWindows(data, 4, 16, "cpu", 7).next()
+    starts = torch.randint(5000 - 16, (4,), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(x[:, 0], starts) and torch.equal(x[:, 5], starts + 5)
+
+
+def test_seqlen_resume_is_bit_for_bit_mid_curriculum(tmp_path, char_dataset):
+    common = ["--eval_interval=5", "--eval_iters=2", "--log_interval=1", "--curriculum=seqlen",
+              "--curriculum_start_len=8", "--curriculum_iters=16", "--lr_decay_iters=20", "--warmup_iters=3"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run_train_subprocess(common + ["--max_iters=20"], straight, char_dataset)
+    run_train_subprocess(common + ["--max_iters=10"], split, char_dataset)
+    run_train_subprocess(["--init_from=resume", "--max_iters=20"], split, char_dataset)
+    assert train_losses(split) == train_losses(straight)  # every step's loss, exactly
+    a, b = load_state(straight)["model"], load_state(split)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # TINY: batch 4 x block 16 = 64 tokens; lengths 8 and 16 divide it; 8 until 8 + p * 8 reaches 16
+    lengths = [r["seq_len"] for r in read_metrics(straight) if "loss" in r]
+    assert lengths == [8] * 16 + [16] * 4
+
+
+def test_seqlen_settings_are_checked(char_dataset, tmp_path, capsys):
+    base = TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'x'}"]
+    for args, says in ((["--curriculum_iters=5"], "curriculum_iters is a setting of curriculum='seqlen'"),
+                       (["--curriculum=seqlen", "--curriculum_start_len=12"], "must be a multiple of 8"),
+                       (["--curriculum=seqlen", "--curriculum_start_len=24"], "a start length dividing 64"),
+                       (["--curriculum=seqlen", "--curriculum_iters=0"], "curriculum_iters=0 must be >= 1")):
+        code, err = exit_code(train.main, base + args, capsys)
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+    load_config(base + ["--curriculum=seqlen", "--curriculum_start_len=16"])  # 16 divides 64 and is <= block 16
