@@ -14,7 +14,9 @@ saves; .rank and .world let data-parallel processes share one stream):
                   was made on (distill.py), so the student sees the teacher's contexts
   SeqLenWindows   sequence-length warmup: shorter windows first, as many more of them, the
                   tokens per step unchanged (curriculum=seqlen)
-Curriculum samplers still to come (ordering by difficulty, mixtures) go here too.
+  DifficultyWindows  whole windows ordered by a difficulty score (curriculum.py), drawn from a
+                  pool that grows from the easiest (curriculum=difficulty) or the hardest (anti)
+Samplers still to come (mixtures of datasets) go here too.
 """
 
 import hashlib
@@ -108,18 +110,22 @@ class RandomWindows:
 # curricula: sequence-length warmup (Li et al. 2022, "The Stability-Efficiency Dilemma")
 
 
+def pace(it, iters, pacing):
+    """A curriculum's progress in [0, 1] at step `it` of `iters`, p = it / iters shaped by the
+    pacing: linear p; root sqrt(p) (faster early); step floor(4 p) / 4 (four stages). 1 from
+    `iters` on."""
+    p = min(it / iters, 1.0)
+    return {"linear": p, "root": math.sqrt(p), "step": math.floor(4 * p) / 4}[pacing]
+
+
 def seqlen_at(it, start, block_size, iters, pacing, tokens):
     """The window length at optimizer step `it` of a sequence-length warmup: from `start` to
-    block_size over `iters` steps, by the pacing fraction p = it / iters,
-        linear: p        root: sqrt(p) (longer sooner)        step: floor(4 p) / 4 (four stages),
-    rounded down to a length that is a multiple of 8 and divides `tokens` (a micro-batch's
+    block_size over `iters` steps by the pacing (`pace`), rounded down to a length that is a multiple of 8 and divides `tokens` (a micro-batch's
     tokens, batch_size * block_size), so that every micro-batch holds exactly `tokens` tokens
     (tokens / length sequences). block_size from step `iters` on."""
     if it >= iters:
         return block_size
-    p = it / iters
-    frac = {"linear": p, "root": math.sqrt(p), "step": math.floor(4 * p) / 4}[pacing]
-    raw = start + frac * (block_size - start)
+    raw = start + pace(it, iters, pacing) * (block_size - start)
     return max(n for n in range(start, block_size + 1, 8) if tokens % n == 0 and n <= raw)
 
 
@@ -162,3 +168,33 @@ class AlignedWindows:
         w = [torch.randint(self.n_windows, (self.batch_size,), generator=self.generator) for _ in range(self.world)]
         self.last_starts = w[self.rank].numpy() * self.block_size
         return windows_at(self.data, self.last_starts, self.offsets, self.device)
+
+
+def pool_fraction(it, start_frac, iters, pacing):
+    """The share of the training windows a difficulty curriculum may draw from at step `it`:
+    from start_frac to 1 over `iters` steps by the pacing (`pace`; Hacohen & Weinshall
+    2019's pacing function: the pool of allowed examples grows from the easiest)."""
+    return start_frac + pace(it, iters, pacing) * (1.0 - start_frac)
+
+
+class DifficultyWindows(RandomWindows):
+    """Whole windows [w T, (w + 1) T] of the split (as AlignedWindows), ordered by a score per
+    window (curriculum.py: easy first; reversed for anti), drawn uniformly from the easiest
+    pool_fraction of them at step `it` (set by the loop). The pool is a function of the step,
+    so a checkpoint's step and generator state resume it exactly."""
+
+    def __init__(self, data, batch_size, block_size, device, seed, scores, start_frac, iters, pacing, anti=False):
+        super().__init__(data, batch_size, block_size, device, seed)
+        order = np.argsort(-scores if anti else scores, kind="stable")  # window ids, easiest (or hardest) first
+        self.order = torch.from_numpy(order.astype(np.int64))
+        self.start_frac, self.iters, self.pacing, self.it = start_frac, iters, pacing, 0
+
+    def pool(self):
+        """How many windows (the easiest, or the hardest for anti) the next batch draws from."""
+        return max(1, math.ceil(pool_fraction(self.it, self.start_frac, self.iters, self.pacing) * len(self.order)))
+
+    def next(self):
+        n = self.pool()
+        picks = [torch.randint(n, (self.batch_size,), generator=self.generator) for _ in range(self.world)][self.rank]
+        starts = self.order[picks].numpy() * self.block_size
+        return windows_at(self.data, starts, self.offsets, self.device)

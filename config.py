@@ -69,10 +69,13 @@ class TrainConfig:
     min_lr: float = 6e-5  # learning rate at the end of the decay
     decay_frac: float = 0.2  # wsd: the decay takes this last fraction of the schedule
     # curriculum (batches.py): off at curriculum = 'none'
-    curriculum: Literal["none", "seqlen"] = "none"  # seqlen: sequence-length warmup (batches.SeqLenWindows)
+    curriculum: Literal["none", "seqlen", "difficulty", "anti"] = "none"  # seqlen: shorter windows first;
+    # difficulty / anti: windows ordered by curriculum_scorer, easiest / hardest first (batches.py, curriculum.py)
     curriculum_start_len: int = 8  # seqlen: the first windows' length (a multiple of 8)
-    curriculum_iters: int = 1000  # seqlen: steps until the windows reach block_size
-    curriculum_pacing: Literal["linear", "root", "step"] = "linear"  # seqlen: how the length grows (batches.seqlen_at)
+    curriculum_iters: int = 1000  # steps until the windows reach block_size, or the pool reaches all windows
+    curriculum_pacing: Literal["linear", "root", "step"] = "linear"  # how it gets there (batches.pace)
+    curriculum_scorer: str = "bigram"  # difficulty/anti: bigram, zlib, or a reference run's folder (curriculum.py)
+    curriculum_start_frac: float = 0.1  # difficulty/anti: the first pool, a fraction of all windows
     # system
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see system.py
@@ -113,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"decay_frac={self.decay_frac} must be in (0, 1]")
         if not (self.curriculum_start_len >= 8 and self.curriculum_start_len % 8 == 0):
             raise ValueError(f"curriculum_start_len={self.curriculum_start_len} must be a multiple of 8 (>= 8)")
+        if not 0.0 < self.curriculum_start_frac <= 1.0:
+            raise ValueError(f"curriculum_start_frac={self.curriculum_start_frac} must be in (0, 1]")
         if self.curriculum_iters < 1:
             raise ValueError(f"curriculum_iters={self.curriculum_iters} must be >= 1")
         if not -(2**63) <= self.seed < 2**63:
@@ -166,8 +171,11 @@ PEFT_SHAPE_KEYS = ["peft", "lora_r", "lora_alpha", "lora_rslora", "lora_targets"
 PEFT_METHOD_KEYS = {"lora": "lora_", "adapter": "adapter_", "bitfit": "bitfit_"}
 # model keys that only matter under one value of another: key -> (that key, its value)
 # train keys that only matter under one value of another, as MODEL_SETTING_OF
-TRAIN_SETTING_OF = {k: ("curriculum", "seqlen") for k in ("curriculum_start_len", "curriculum_iters",
-                                                          "curriculum_pacing")}
+TRAIN_SETTING_OF = {"curriculum_start_len": ("curriculum", ("seqlen",)),
+                    "curriculum_iters": ("curriculum", ("seqlen", "difficulty", "anti")),
+                    "curriculum_pacing": ("curriculum", ("seqlen", "difficulty", "anti")),
+                    "curriculum_scorer": ("curriculum", ("difficulty", "anti")),
+                    "curriculum_start_frac": ("curriculum", ("difficulty", "anti"))}
 MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
                     "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
                     "rope_theta": ("pos_emb", "rope"), "mup_base_width": ("mup", True)}
@@ -343,19 +351,20 @@ def validate(cfg, overrides):
                 raise UserError(f"{key} is a setting of peft='{method}' but peft='{pc.peft}'; "
                                 f"add --peft={method} or drop --{key}")
     for table, section in ((MODEL_SETTING_OF, mc), (TRAIN_SETTING_OF, tc)):
-        for key, (option, value) in table.items():
-            if key in overrides and getattr(section, option) != value:
-                raise UserError(f"{key} is a setting of {option}={value!r} but {option}={getattr(section, option)!r}; "
-                                f"add --{option}={value} or drop --{key}")
+        for key, (option, values) in table.items():
+            values = values if isinstance(values, tuple) else (values,)
+            if key in overrides and getattr(section, option) not in values:
+                raise UserError(f"{key} is a setting of {option}={' or '.join(map(repr, values))} but "
+                                f"{option}={getattr(section, option)!r}; add --{option}={values[0]} or drop --{key}")
     if tc.curriculum == "seqlen":
         tokens = tc.batch_size * mc.block_size
         if mc.block_size % 8 or tokens % tc.curriculum_start_len or tc.curriculum_start_len > mc.block_size:
             raise UserError(f"curriculum='seqlen' grows windows from curriculum_start_len={tc.curriculum_start_len} to "
                             f"block_size={mc.block_size} in multiples of 8 that divide batch_size * block_size = "
                             f"{tokens}: use a block_size that is a multiple of 8 and a start length dividing {tokens}")
-        if cfg.kd.soft_labels:
-            raise UserError("curriculum='seqlen' draws windows of its own lengths, but a soft-label cache fixes the "
-                            "windows; drop --soft_labels or the curriculum")
+    if tc.curriculum != "none" and cfg.kd.soft_labels:
+        raise UserError(f"curriculum='{tc.curriculum}' draws windows of its own, but a soft-label cache fixes the "
+                        f"windows; drop --soft_labels or the curriculum")
     if pc.peft == "lora" and pc.lora_r > mc.n_embd:
         raise UserError(f"lora_r={pc.lora_r} is above n_embd={mc.n_embd}: B A cannot have a higher rank than "
                         f"the layer's smaller side; use lora_r <= {mc.n_embd}")

@@ -46,10 +46,11 @@ import torch
 from tqdm import tqdm
 
 import distill
-from batches import AlignedWindows, RandomWindows, SeqLenWindows, load_dataset
+from batches import AlignedWindows, DifficultyWindows, RandomWindows, SeqLenWindows, load_dataset
 from checkpoint import (file_sha256, read_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state,
                         write_json_atomic)
 from config import Config, check_memory, load_config
+from curriculum import load_scores
 from errors import UserError, cli
 from model import GPT, moe_statistics
 from peft import apply_peft, peft_state_dict, trainable_summary
@@ -159,6 +160,11 @@ def setup(cfg, device, dtype, rank, world):
         raise UserError(str(e)) from None
     if isinstance(teacher, distill.CachedTeacher):
         windows = AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
+    elif tc.curriculum in ("difficulty", "anti"):
+        scores = load_scores(tc.dataset, train_data, mc.block_size, tc.curriculum_scorer, mc.vocab_size, device)
+        windows = DifficultyWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, scores,
+                                    tc.curriculum_start_frac, tc.curriculum_iters, tc.curriculum_pacing,
+                                    anti=tc.curriculum == "anti")
     elif tc.curriculum == "seqlen":
         windows = SeqLenWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, tc.curriculum_start_len,
                                 tc.curriculum_iters, tc.curriculum_pacing)
@@ -325,6 +331,9 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
     postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
     if isinstance(run.windows, SeqLenWindows):
         row["seq_len"] = postfix["len"] = run.windows.length()
+    if isinstance(run.windows, DifficultyWindows):
+        row["pool"] = run.windows.pool() / len(run.windows.order)  # the share of the windows drawn from
+        postfix["pool"] = f"{100 * row['pool']:.0f}%"
     if run.moe:
         # the routing of this step's last micro-batch: collapse shows as a load near 0 or 1
         stats = moe_statistics(run.model.moe_stats)

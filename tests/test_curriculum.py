@@ -1,12 +1,13 @@
-"""Curricula (batches.py): sequence-length warmup's lengths at known steps, its constant
-tokens per step, and its exact resume through train.py."""
+"""Curricula (batches.py, curriculum.py): sequence-length warmup's lengths at known steps and
+its constant tokens per step; the difficulty pool, easiest (or hardest) first, growing to every
+window; the scorers and their cache; exact resume through train.py for each kind."""
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from batches import RandomWindows, SeqLenWindows, seqlen_at
+from batches import DifficultyWindows, RandomWindows, SeqLenWindows, seqlen_at
 from config import load_config
 from conftest import TINY, exit_code
 from test_train import load_state, read_metrics, run_train_subprocess, train_losses
@@ -73,3 +74,94 @@ def test_seqlen_settings_are_checked(char_dataset, tmp_path, capsys):
         code, err = exit_code(train.main, base + args, capsys)
         assert code == 2 and err.count("\n") == 1 and says in err, err
     load_config(base + ["--curriculum=seqlen", "--curriculum_start_len=16"])  # 16 divides 64 and is <= block 16
+
+
+# ----------------------------------------------------------------------------------------
+# ordering by difficulty
+
+
+def test_difficulty_draws_from_the_easiest_pool_growing_to_all_and_anti_from_the_hardest():
+    T, n = 8, 50
+    data = np.arange(n * T + 1, dtype=np.uint16)  # window w holds tokens w*8 .. w*8+8
+    scores = np.random.default_rng(0).permutation(n).astype(float)  # window w's difficulty rank
+    easy = DifficultyWindows(data, 16, T, "cpu", 0, scores, 0.1, 100, "linear")
+    hard = DifficultyWindows(data, 16, T, "cpu", 0, scores, 0.1, 100, "linear", anti=True)
+    seen = {}
+    for it in (0, 50, 100):
+        easy.it = hard.it = it
+        ws, hs = set(), set()
+        for _ in range(40):
+            ws |= set((easy.next()[0][:, 0] // T).tolist())
+            hs |= set((hard.next()[0][:, 0] // T).tolist())
+        seen[it] = (ws, hs)
+    pool0 = {w for w in range(n) if scores[w] < 5}  # 10% of 50: the 5 easiest
+    assert seen[0][0] == pool0 and seen[0][1] == {w for w in range(n) if scores[w] >= 45}
+    # halfway: 0.1 + 0.5 * 0.9 = 55% -> the 28 easiest (ceil), every one of them drawn in 40 batches
+    assert seen[50][0] == {w for w in range(n) if scores[w] < 28}
+    assert easy.pool() == n and seen[100][0] == seen[100][1] == set(range(n))  # every window reachable by the end
+
+
+def test_model_free_scores_rank_repetitive_text_as_easy():
+    from curriculum import bigram_scores, zlib_scores
+
+    rng = np.random.default_rng(0)
+    T = 64
+    repetitive = np.tile(np.arange(4), T // 4 * 20)  # 20 windows of a 4-token cycle
+    noise = rng.integers(0, 30, T * 20)  # 20 windows of random tokens
+    data = np.concatenate([repetitive, noise, [0]]).astype(np.uint16)
+    for scores in (bigram_scores(data, T, 30), zlib_scores(data, T)):
+        assert len(scores) == 40 and scores[:20].max() < scores[20:].min()
+    # bigram: a window whose every pair has probability 1/2 under the counts scores ln 2
+    flip = np.array([0, 1] * 200 + [0], dtype=np.uint16)  # pairs 0->1 and 1->0 only; add-one over V = 2
+    assert bigram_scores(flip, 8, 2)[0] == pytest.approx(-np.log(201 / 202))
+
+
+def test_scores_are_cached_and_refused_when_the_data_or_the_scorer_changed(char_dataset, tmp_path):
+    import shutil
+
+    from batches import load_dataset
+    from curriculum import load_scores
+    from errors import UserError
+
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(char_dataset, data_dir)
+    train_data, _, meta = load_dataset(data_dir)
+    first = load_scores(data_dir, train_data, 16, "zlib", meta["vocab_size"], "cpu")
+    again = load_scores(data_dir, train_data, 16, "zlib", meta["vocab_size"], "cpu")  # from the cache
+    assert np.array_equal(first, again) and (tmp_path / "data" / "difficulty-zlib-T16.npy").exists()
+    changed = np.array(train_data)
+    changed[0] += 1
+    with pytest.raises(UserError, match="scored on other data"):
+        load_scores(data_dir, changed, 16, "zlib", meta["vocab_size"], "cpu")
+    # a model scorer: its scores are its per-window loss; another checkpoint in that folder is refused
+    ref = str(tmp_path / "ref")
+    run_train_subprocess(["--max_iters=2", "--eval_iters=1"], ref, data_dir)
+    scores = load_scores(data_dir, train_data, 16, ref, meta["vocab_size"], "cpu")
+    from checkpoint import read_checkpoint, restore_model
+
+    model = restore_model(read_checkpoint(f"{ref}/ckpt.pt"), "test").eval()
+    w = torch.from_numpy(np.asarray(train_data[3 * 16: 4 * 16 + 1], dtype=np.int64))[None]
+    with torch.no_grad():
+        assert scores[3] == pytest.approx(model(w[:, :-1], w[:, 1:])[1].item(), rel=1e-5)
+    run_train_subprocess(["--init_from=resume", "--max_iters=3", "--eval_iters=1"], ref, data_dir)
+    with pytest.raises(UserError, match="scored on another checkpoint"):
+        load_scores(data_dir, train_data, 16, ref, meta["vocab_size"], "cpu")
+
+
+@pytest.mark.parametrize("kind", ["difficulty", "anti"])
+def test_difficulty_resume_is_bit_for_bit_mid_curriculum(kind, tmp_path, char_dataset):
+    import shutil
+
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(char_dataset, data_dir)  # the score cache goes beside the data
+    common = ["--eval_interval=5", "--eval_iters=2", "--log_interval=1", f"--curriculum={kind}",
+              "--curriculum_iters=16", "--curriculum_start_frac=0.2", "--lr_decay_iters=20", "--warmup_iters=3"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run_train_subprocess(common + ["--max_iters=20"], straight, data_dir)
+    run_train_subprocess(common + ["--max_iters=10"], split, data_dir)
+    run_train_subprocess(["--init_from=resume", "--max_iters=20"], split, data_dir)
+    assert train_losses(split) == train_losses(straight)
+    a, b = load_state(straight)["model"], load_state(split)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pools = [r["pool"] for r in read_metrics(straight) if "loss" in r]
+    assert pools[0] == pytest.approx(0.2, abs=0.01) and pools[-1] == 1.0 and pools == sorted(pools)
