@@ -16,10 +16,11 @@ Scorers (curriculum_scorer):
             few hundred steps, or a distillation teacher (its block_size must cover T)
 
 The cache is data/<dataset>/difficulty-<scorer>-T<block_size>.npy plus a .json that records
-the split's sha256 and, for a model, its checkpoint's sha256: a cache made on other data or
-by another checkpoint is refused (delete it to recompute) rather than silently reused.
+the split's sha256 and, for a model, its weights' sha256: a cache made on other data or by
+other weights is refused (delete it to recompute) rather than silently reused.
 """
 
+import hashlib
 import json
 import os
 import zlib
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from batches import dataset_dir, tokens_sha256
-from checkpoint import file_sha256, read_checkpoint, restore_model
+from checkpoint import read_checkpoint, restore_model
 from errors import UserError
 
 
@@ -73,6 +74,17 @@ def model_scores(data, T, run_folder, device, batch=64):
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def weights_sha256(path):
+    """The sha256 of a checkpoint's weights (names and bytes, in name order): the same model
+    retrained to the same weights keeps its cache, whatever else its file records (times)."""
+    h = hashlib.sha256()
+    state = read_checkpoint(path, why="curriculum_scorer")["model"]
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_scores(dataset, data, T, scorer, vocab_size, device):
     """The scores of the split's windows by `scorer`, from the cache beside the data or
     computed and cached now (written atomically: a temporary file, then a rename)."""
@@ -82,7 +94,7 @@ def load_scores(dataset, data, T, scorer, vocab_size, device):
     name = os.path.basename(os.path.normpath(scorer)) if is_model else scorer
     path = os.path.join(dataset_dir(dataset), f"difficulty-{name}-T{T}")
     ident = {"data_sha256": tokens_sha256(data), "scorer": scorer, "block_size": T,
-             "scorer_sha256": file_sha256(os.path.join(scorer, "ckpt.pt")) if is_model else None}
+             "scorer_sha256": weights_sha256(os.path.join(scorer, "ckpt.pt")) if is_model else None}
     if os.path.exists(path + ".json") and os.path.exists(path + ".npy"):
         with open(path + ".json") as f:
             saved = json.load(f)

@@ -1,0 +1,114 @@
+"""
+Do curricula help a small model at a fixed budget of tokens? Random windows (the baseline)
+against sequence-length warmup (two pacings), easy-to-hard ordering by three scorers, and
+hard-to-easy (anti), on configs/hparam_char.py: character-level tiny shakespeare, 2 layers,
+128 wide, block 64, 600 steps of 16 x 64 tokens at the tuned rate 8e-3, fp32. Every
+curriculum reaches the full windows / the whole pool at step 300, half the run.
+
+    python experiments/curriculum_experiment.py                   # 19 runs, ~7 min on 2 CPU cores
+    python experiments/curriculum_experiment.py --rows main       # the main rows at seed 1337 only
+
+Rows:
+  random                 uniform random windows (today's training)
+  seqlen-linear/-root    sequence-length warmup from 8 tokens, linear or root pacing
+  easy-bigram/-zlib      easy first by a bigram model's loss, by zlib's compression ratio,
+  easy-model             or by a proxy model's loss (proxy: width 64, 200 steps, trained first)
+  anti-bigram            hard first (bigram)
+  *-lr4x, *-lr10x        random and seqlen-linear at 4x and 10x the tuned rate: stability (Li et
+                         al. 2022 report seqlen warmup stable where the baseline is not)
+  *-seed2                the main rows at seed 2
+
+The table: final val loss and its difference from random (both seeds), the step at which
+the run first reaches random's final val loss (evaluated every 50 steps), wall time, and
+spikes (harness.spikes). The plot (docs/curriculum.png): val loss against tokens.
+"""
+
+import os
+
+from harness import REPO, parse_args, pyplot, read_json, read_metrics, run_rows, spikes
+from errors import cli  # the repo's, through the root that harness put on sys.path
+
+ROOT = os.path.join(REPO, "out-curriculum")
+CONFIG = "configs/hparam_char.py"
+PROXY = os.path.join(ROOT, "proxy")
+EVAL = ["--eval_interval=50", "--eval_iters=20", "--log_interval=1"]
+PACE = ["--curriculum_iters=300"]
+MAIN = {
+    "random": [],
+    "seqlen-linear": ["--curriculum=seqlen", "--curriculum_pacing=linear"] + PACE,
+    "seqlen-root": ["--curriculum=seqlen", "--curriculum_pacing=root"] + PACE,
+    "easy-bigram": ["--curriculum=difficulty", "--curriculum_scorer=bigram"] + PACE,
+    "easy-zlib": ["--curriculum=difficulty", "--curriculum_scorer=zlib"] + PACE,
+    "easy-model": ["--curriculum=difficulty", f"--curriculum_scorer={PROXY}"] + PACE,
+    "anti-bigram": ["--curriculum=anti", "--curriculum_scorer=bigram"] + PACE,
+}
+ROWS = {"proxy": ["--n_embd=64", "--max_iters=200", "--eval_interval=200"]}
+ROWS.update({k: v + EVAL for k, v in MAIN.items()})
+for name in ("random", "seqlen-linear"):
+    for mult in (4, 10):
+        ROWS[f"{name}-lr{mult}x"] = MAIN[name] + EVAL + [f"--learning_rate={8e-3 * mult:g}"]
+ROWS.update({f"{k}-seed2": v + EVAL + ["--seed=2"] for k, v in MAIN.items()})
+GROUPS = {"main": ["proxy"] + list(MAIN), "stability": [r for r in ROWS if "-lr" in r],
+          "seeds": [r for r in ROWS if r.endswith("-seed2")]}
+GROUPS["default"] = GROUPS["main"] + GROUPS["stability"] + GROUPS["seeds"]
+
+
+def summarize(name, out_dir):
+    rows = read_metrics(out_dir)
+    evals = [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    return {"row": name, "val_loss": evals[-1][1], "evals": evals, "spikes": spikes(losses),
+            "wall_s": read_json(os.path.join(out_dir, "run.json"))["wall_s"]}
+
+
+def table(results):
+    by = {r["row"]: r for r in results}
+    lines = ["| row | val loss | vs random | seed 2: val loss | vs random | first step at random's final loss | "
+             "wall s | spikes |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r["row"] == "proxy" or r["row"].endswith("-seed2"):
+            continue
+        base = by.get(r["row"].replace("seqlen-linear", "random") if "-lr" in r["row"] else "random")
+        target = base["val_loss"] if base else None
+        reach = next((it for it, v in r["evals"] if target is not None and v <= target), None)
+        s2, b2 = by.get(r["row"] + "-seed2"), by.get("random-seed2")
+        seed2 = (f"{s2['val_loss']:.4f} | {s2['val_loss'] - b2['val_loss']:+.4f}" if s2 and b2 else "- | -")
+        diff = f"{r['val_loss'] - target:+.4f}" if base and base is not r else "-"
+        lines.append(f"| {r['row']} | {r['val_loss']:.4f} | {diff} | {seed2} | {reach if reach is not None else '-'} | "
+                     f"{r['wall_s']:.0f} | {r['spikes']} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for r in results:
+        if r["row"] == "proxy" or r["row"].endswith("-seed2"):
+            continue
+        ax = axes[1] if "-lr" in r["row"] else axes[0]
+        its, vals = zip(*r["evals"])
+        ax.plot([i * 16 * 64 / 1e3 for i in its], vals, marker=".", label=r["row"])
+    for ax, title in zip(axes, ("curricula at the tuned rate", "at 4x and 10x the rate")):
+        ax.set_xlabel("training tokens (thousands)")
+        ax.set_ylabel("val loss")
+        ax.set_ylim(1.9, 3.0)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+@cli
+def main(argv=None):
+    args, rows = parse_args(argv, __doc__, ROWS, ROOT, plot=os.path.join(REPO, "docs", "curriculum.png"),
+                            groups=GROUPS)
+    if any(r.startswith("easy-model") for r in rows) and "proxy" not in rows:
+        rows = ["proxy"] + rows  # the model scorer's run comes first
+    run_rows(args, rows, ROWS, ROOT, CONFIG, summarize, table, plot)
+
+
+if __name__ == "__main__":
+    main()
