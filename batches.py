@@ -16,7 +16,8 @@ saves; .rank and .world let data-parallel processes share one stream):
                   tokens per step unchanged (curriculum=seqlen)
   DifficultyWindows  whole windows ordered by a difficulty score (curriculum.py), drawn from a
                   pool that grows from the easiest (curriculum=difficulty) or the hardest (anti)
-Samplers still to come (mixtures of datasets) go here too.
+  MixtureWindows  random windows from several datasets by weights that stages change (datasets,
+                  stages)
 """
 
 import hashlib
@@ -198,3 +199,105 @@ class DifficultyWindows(RandomWindows):
         picks = [torch.randint(n, (self.batch_size,), generator=self.generator) for _ in range(self.world)][self.rank]
         starts = self.order[picks].numpy() * self.block_size
         return windows_at(self.data, starts, self.offsets, self.device)
+
+
+# ----------------------------------------------------------------------------------------
+# data mixtures and stages (the Smol Training Playbook's multi-stage training)
+
+
+def parse_mixture(text):
+    """'shakespeare_char:0.7,stdlib_char:0.3' -> {name: weight}, in the order given."""
+    out = {}
+    for part in text.split(","):
+        name, sep, w = part.strip().rpartition(":")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name or not weight >= 0 or name in out:
+            raise UserError(f"datasets='{text}': write NAME:WEIGHT,NAME:WEIGHT (weights >= 0, each name once)")
+        out[name] = weight
+    if not sum(out.values()) > 0:
+        raise UserError(f"datasets='{text}': the weights sum to 0; give one a weight > 0")
+    return out
+
+
+def parse_stages(text, names):
+    """'480:shakespeare_char=1,stdlib_char=0;...' -> [(iter, {name: weight})] sorted by iter:
+    from that optimizer step on, the mixture's weights (a name left out weighs 0)."""
+    stages = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        it, sep, rest = part.partition(":")
+        try:
+            weights = {n.strip(): float(w) for n, w in (kv.split("=") for kv in rest.split(","))}
+            start = int(it)
+        except ValueError:
+            raise UserError(f"stages='{text}': write ITER:NAME=WEIGHT,NAME=WEIGHT;ITER:... "
+                            f"(e.g. 480:shakespeare_char=1)") from None
+        unknown = [n for n in weights if n not in names]
+        if unknown or not sep or start < 0 or not all(w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise UserError(f"stages='{text}': stage '{part}' needs a step >= 0 and weights >= 0 (not all 0) for "
+                            f"names among datasets ({', '.join(names)})" + (f"; unknown: {unknown[0]}" if unknown else ""))
+        stages.append((start, {n: weights.get(n, 0.0) for n in names}))
+    return sorted(stages, key=lambda s: s[0])
+
+
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars", "pattern", "merged_tokens", "dtype")  # meta.json: not its counts
+
+
+def load_mixture(text):
+    """{name: (train, val, meta)} of a mixture's datasets, refused unless they share one
+    tokenizer (the same meta.json but for the counts and the source)."""
+    out = {name: load_dataset(name) for name in parse_mixture(text)}
+    (first, (_, _, meta)), *rest = out.items()
+    for name, (_, _, other) in rest:
+        differ = [k for k in TOKENIZER_KEYS if meta.get(k) != other.get(k)]
+        if differ:
+            raise UserError(f"datasets: '{name}' has another tokenizer than '{first}' ({', '.join(differ)} differ); "
+                            f"prepare them with one tokenizer")
+    return out
+
+
+def mixture_at(it, base, stages):
+    """The mixture's weights (normalised, in the order of base) at optimizer step it."""
+    weights = base
+    for start, w in stages:
+        if it >= start:
+            weights = w
+    total = sum(weights.values())
+    return {n: weights[n] / total for n in base}
+
+
+class MixtureWindows:
+    """Random windows from several datasets of one tokenizer: each sequence of a micro-batch
+    picks its dataset by the mixture's weights at step `it` (set by the loop; stages change
+    them), then a uniform window of it. One generator draws both, so a checkpoint's step and
+    generator state resume it exactly; data parallel as RandomWindows (rank-ordered draws)."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datas, base, stages, batch_size, block_size, device, seed):
+        for name, data in datas.items():
+            if len(data) <= block_size + 1:
+                raise UserError(f"dataset '{name}' has {len(data)} training tokens; block_size={block_size} needs more")
+        self.datas, self.base, self.stages, self.it = datas, base, stages, 0
+        self.batch_size, self.block_size, self.device = batch_size, block_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.offsets = np.arange(block_size + 1)
+
+    def weights(self):
+        return mixture_at(self.it, self.base, self.stages)
+
+    def next(self):
+        names, T = list(self.base), self.block_size
+        probs = torch.tensor([self.weights()[n] for n in names], dtype=torch.float64)
+        draws = [(torch.multinomial(probs, self.batch_size, replacement=True, generator=self.generator),
+                  torch.rand(self.batch_size, generator=self.generator, dtype=torch.float64))
+                 for _ in range(self.world)]
+        picks, u = draws[self.rank]
+        rows = np.stack([self.datas[names[d]][s:s + T + 1] for d, s in
+                         ((int(d), int(x * (len(self.datas[names[int(d)]]) - T))) for d, x in zip(picks, u))])
+        buf = torch.from_numpy(rows.astype(np.int64))
+        if self.device != "cpu":
+            buf = buf.pin_memory().to(self.device, non_blocking=True)
+        return buf[:, :-1], buf[:, 1:]

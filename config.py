@@ -33,6 +33,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from batches import parse_mixture, parse_stages
 from checkpoint import read_checkpoint
 from distill import KDConfig
 from errors import UserError
@@ -76,6 +77,9 @@ class TrainConfig:
     curriculum_pacing: Literal["linear", "root", "step"] = "linear"  # how it gets there (batches.pace)
     curriculum_scorer: str = "bigram"  # difficulty/anti: bigram, zlib, or a reference run's folder (curriculum.py)
     curriculum_start_frac: float = 0.1  # difficulty/anti: the first pool, a fraction of all windows
+    # a mixture of datasets (batches.MixtureWindows): off when empty
+    datasets: str = ""  # 'name:weight,name:weight' (one tokenizer); replaces dataset; the first is val_loss's
+    stages: str = ""  # datasets' weights from given steps on: 'ITER:name=w,name=w;ITER:...'
     # system
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see system.py
@@ -362,6 +366,14 @@ def validate(cfg, overrides):
             raise UserError(f"curriculum='seqlen' grows windows from curriculum_start_len={tc.curriculum_start_len} to "
                             f"block_size={mc.block_size} in multiples of 8 that divide batch_size * block_size = "
                             f"{tokens}: use a block_size that is a multiple of 8 and a start length dividing {tokens}")
+    if tc.datasets:
+        names = list(parse_mixture(tc.datasets))
+        parse_stages(tc.stages, names)
+        if tc.curriculum != "none" or cfg.kd.teacher or cfg.kd.soft_labels:
+            raise UserError("datasets (a mixture) draws windows of its own: it does not combine with a curriculum "
+                            "or distillation yet; drop one of them")
+    elif tc.stages:
+        raise UserError("stages change the weights of datasets: give --datasets=name:weight,... too")
     if tc.curriculum != "none" and cfg.kd.soft_labels:
         raise UserError(f"curriculum='{tc.curriculum}' draws windows of its own, but a soft-label cache fixes the "
                         f"windows; drop --soft_labels or the curriculum")

@@ -46,7 +46,8 @@ import torch
 from tqdm import tqdm
 
 import distill
-from batches import AlignedWindows, DifficultyWindows, RandomWindows, SeqLenWindows, load_dataset
+from batches import (AlignedWindows, DifficultyWindows, MixtureWindows, RandomWindows, SeqLenWindows, load_dataset,
+                     load_mixture, parse_mixture, parse_stages)
 from checkpoint import (file_sha256, read_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state,
                         write_json_atomic)
 from config import Config, check_memory, load_config
@@ -140,7 +141,10 @@ def setup(cfg, device, dtype, rank, world):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    train_data, val_data, meta = load_dataset(tc.dataset)
+    train_data, val_data, meta = load_dataset(tc.dataset) if not tc.datasets else (None, None, None)
+    mixture = load_mixture(tc.datasets) if tc.datasets else None  # {name: (train, val, meta)}
+    if mixture:
+        train_data, val_data, meta = next(iter(mixture.values()))  # the first dataset: train_loss and val_loss
     mc.vocab_size = meta["vocab_size"]
     check_memory(cfg, mc.vocab_size, device)
     model, ckpt, peft_base = init_model(cfg, meta)
@@ -160,6 +164,9 @@ def setup(cfg, device, dtype, rank, world):
         raise UserError(str(e)) from None
     if isinstance(teacher, distill.CachedTeacher):
         windows = AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
+    elif mixture:
+        windows = MixtureWindows({n: d[0] for n, d in mixture.items()}, parse_mixture(tc.datasets),
+                                 parse_stages(tc.stages, list(mixture)), tc.batch_size, mc.block_size, device, tc.seed)
     elif tc.curriculum in ("difficulty", "anti"):
         scores = load_scores(tc.dataset, train_data, mc.block_size, tc.curriculum_scorer, mc.vocab_size, device)
         windows = DifficultyWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, scores,
@@ -174,8 +181,9 @@ def setup(cfg, device, dtype, rank, world):
 
     config = {**cfg.as_dict(), "device": device, "dtype": dtype,
               "trainable": {k: v for k, v in trainable.items() if k != "line"}}
+    splits = {"train": train_data, "val": val_data, **{f"val_{n}": d[1] for n, d in list((mixture or {}).items())[1:]}}
     run = Run(cfg, device, dtype, rank, world, model, model, model, optimizer, scaler, ctx, windows,
-              teacher, {"train": train_data, "val": val_data}, meta, config, peft_base, bool(model.moe_layers()))
+              teacher, splits, meta, config, peft_base, bool(model.moe_layers()))
     if tc.init_from == "resume":
         restore_state(run, ckpt)
     run.eval_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
@@ -331,6 +339,8 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
     postfix = dict(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
     if isinstance(run.windows, SeqLenWindows):
         row["seq_len"] = postfix["len"] = run.windows.length()
+    if isinstance(run.windows, MixtureWindows):
+        row["mixture"] = run.windows.weights()
     if isinstance(run.windows, DifficultyWindows):
         row["pool"] = run.windows.pool() / len(run.windows.order)  # the share of the windows drawn from
         postfix["pool"] = f"{100 * row['pool']:.0f}%"
@@ -354,7 +364,10 @@ def evaluate_and_save(run, it):
     # every process evaluates the same fixed batches (no collective), so all agree on best_val_loss
     losses = estimate_loss(run.eval_model, run.splits, tc.batch_size, mc.block_size, tc.eval_iters, run.device,
                            run.ctx, tc.seed)
-    row = log(run, {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+    # a mixture: each dataset's val loss too (the first one's is val_loss)
+    first = {f"val_loss_{next(iter(parse_mixture(tc.datasets)))}": losses["val"]} if tc.datasets else {}
+    row = log(run, {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], **first,
+                    **{f"val_loss_{k[4:]}": v for k, v in losses.items() if k.startswith("val_")}})
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if run.master:

@@ -13,6 +13,19 @@ from conftest import TINY, exit_code
 from test_train import load_state, read_metrics, run_train_subprocess, train_losses
 
 
+def resumed_equals_straight(common, data, tmp_path):
+    """20 steps straight = 10 + resume in a fresh process + 10: every step's loss and every
+    weight exactly. Returns the straight run's folder."""
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run_train_subprocess(common + ["--max_iters=20"], straight, data)
+    run_train_subprocess(common + ["--max_iters=10"], split, data)
+    run_train_subprocess(["--init_from=resume", "--max_iters=20"], split, data)
+    assert train_losses(split) == train_losses(straight)
+    a, b = load_state(straight)["model"], load_state(split)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return straight
+
+
 def test_seqlen_lengths_at_known_steps():
     # batch 12 x block 64 = 768 tokens: the lengths that are multiples of 8 and divide 768
     allowed = [n for n in range(8, 65, 8) if 768 % n == 0]
@@ -53,13 +66,7 @@ def test_random_windows_draw_as_before():
 def test_seqlen_resume_is_bit_for_bit_mid_curriculum(tmp_path, char_dataset):
     common = ["--eval_interval=5", "--eval_iters=2", "--log_interval=1", "--curriculum=seqlen",
               "--curriculum_start_len=8", "--curriculum_iters=16", "--lr_decay_iters=20", "--warmup_iters=3"]
-    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    run_train_subprocess(common + ["--max_iters=20"], straight, char_dataset)
-    run_train_subprocess(common + ["--max_iters=10"], split, char_dataset)
-    run_train_subprocess(["--init_from=resume", "--max_iters=20"], split, char_dataset)
-    assert train_losses(split) == train_losses(straight)  # every step's loss, exactly
-    a, b = load_state(straight)["model"], load_state(split)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = resumed_equals_straight(common, char_dataset, tmp_path)
     # TINY: batch 4 x block 16 = 64 tokens; lengths 8 and 16 divide it; 8 until 8 + p * 8 reaches 16
     lengths = [r["seq_len"] for r in read_metrics(straight) if "loss" in r]
     assert lengths == [8] * 16 + [16] * 4
@@ -156,12 +163,67 @@ def test_difficulty_resume_is_bit_for_bit_mid_curriculum(kind, tmp_path, char_da
     shutil.copytree(char_dataset, data_dir)  # the score cache goes beside the data
     common = ["--eval_interval=5", "--eval_iters=2", "--log_interval=1", f"--curriculum={kind}",
               "--curriculum_iters=16", "--curriculum_start_frac=0.2", "--lr_decay_iters=20", "--warmup_iters=3"]
-    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-    run_train_subprocess(common + ["--max_iters=20"], straight, data_dir)
-    run_train_subprocess(common + ["--max_iters=10"], split, data_dir)
-    run_train_subprocess(["--init_from=resume", "--max_iters=20"], split, data_dir)
-    assert train_losses(split) == train_losses(straight)
-    a, b = load_state(straight)["model"], load_state(split)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = resumed_equals_straight(common, data_dir, tmp_path)
     pools = [r["pool"] for r in read_metrics(straight) if "loss" in r]
     assert pools[0] == pytest.approx(0.2, abs=0.01) and pools[-1] == 1.0 and pools == sorted(pools)
+
+
+# ----------------------------------------------------------------------------------------
+# mixtures and stages
+
+
+def test_mixture_frequencies_match_the_weights_and_stages_switch_at_their_step():
+    from batches import MixtureWindows, mixture_at, parse_mixture, parse_stages
+
+    a, b = np.zeros(1000, dtype=np.uint16), np.ones(1000, dtype=np.uint16)  # which dataset a window came from
+    base = parse_mixture("a:0.7,b:0.3")
+    stages = parse_stages("100:a=1;200:a=0.2,b=0.8", list(base))
+    w = MixtureWindows({"a": a, "b": b}, base, stages, 64, 8, "cpu", 0)
+    share = lambda: np.mean([w.next()[0][:, 0].float().mean().item() for _ in range(100)])  # b's share
+    # 6,400 draws: the standard error of a share is ~0.006; a fixed seed makes the test exact
+    assert share() == pytest.approx(0.3, abs=0.02)
+    w.it = 99
+    assert mixture_at(99, base, stages) == {"a": 0.7, "b": 0.3}
+    w.it = 100
+    assert share() == 0.0 and w.weights() == {"a": 1.0, "b": 0.0}  # the switch happens at step 100 exactly
+    w.it = 250
+    assert share() == pytest.approx(0.8, abs=0.02)
+
+
+def test_mixture_settings_and_a_tokenizer_mismatch_are_one_line_errors(char_dataset, tmp_path, capsys):
+    import json
+    import shutil
+
+    other = str(tmp_path / "other")
+    shutil.copytree(char_dataset, other)
+    base = TINY + [f"--out_dir={tmp_path / 'x'}"]
+    with open(f"{other}/meta.json") as f:
+        meta = json.load(f)
+    meta["chars"] = meta["chars"][::-1]  # the same size, another vocabulary
+    with open(f"{other}/meta.json", "w") as f:
+        json.dump(meta, f)
+    for args, says in (([f"--datasets={char_dataset}:1,{other}:1"], "has another tokenizer than"),
+                       ([f"--datasets={char_dataset}"], "write NAME:WEIGHT"),
+                       ([f"--datasets={char_dataset}:0"], "the weights sum to 0"),
+                       (["--stages=5:x=1"], "give --datasets"),
+                       ([f"--datasets={char_dataset}:1", "--stages=5:nope=1"], "unknown: nope")):
+        code, err = exit_code(train.main, base + args, capsys)
+        assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_a_mixture_logs_each_datasets_val_loss_and_resumes_bit_for_bit_mid_stage(char_dataset, tmp_path):
+    import shutil
+
+    other = str(tmp_path / "other")
+    shutil.copytree(char_dataset, other)
+    tokens = np.fromfile(f"{other}/train.bin", dtype=np.uint16)
+    tokens[::-1].tofile(f"{other}/train.bin")  # the same tokenizer, other text (reversed)
+    np.fromfile(f"{other}/val.bin", dtype=np.uint16)[::-1].tofile(f"{other}/val.bin")
+    common = ["--eval_interval=5", "--eval_iters=2", "--log_interval=1", f"--datasets={char_dataset}:0.5,{other}:0.5",
+              f"--stages=8:{char_dataset}=1", "--lr_decay_iters=20", "--warmup_iters=3"]
+    straight = resumed_equals_straight(common, char_dataset, tmp_path)
+    rows = read_metrics(straight)
+    evals = [r for r in rows if "val_loss" in r]
+    assert all(r["val_loss"] == r[f"val_loss_{char_dataset}"] and f"val_loss_{other}" in r for r in evals)
+    mixes = [r["mixture"][other] for r in rows if "loss" in r]
+    assert mixes == [0.5] * 8 + [0.0] * 12
