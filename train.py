@@ -341,6 +341,7 @@ def log_step(run, it, loss_value, lr, tok_s, terms):
         row["seq_len"] = postfix["len"] = run.windows.length()
     if isinstance(run.windows, MixtureWindows):
         row["mixture"] = run.windows.weights()
+        postfix["mix"] = "/".join(f"{100 * w:.0f}" for w in row["mixture"].values())  # percent per dataset
     if isinstance(run.windows, DifficultyWindows):
         row["pool"] = run.windows.pool() / len(run.windows.order)  # the share of the windows drawn from
         postfix["pool"] = f"{100 * row['pool']:.0f}%"

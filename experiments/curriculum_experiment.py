@@ -26,7 +26,8 @@ Rows:
 
 The table: final val loss and its difference from random (both seeds), the step at which
 the run first reaches random's final val loss (evaluated every 50 steps), wall time, and
-spikes (harness.spikes). The plot (docs/curriculum.png): val loss against tokens.
+spikes (harness.spikes). The plot (docs/curriculum.png): val loss against tokens (and at 4x
+and 10x the rate), and against wall time.
 """
 
 import os
@@ -104,6 +105,7 @@ def summarize(name, out_dir):
     last = [r for r in rows if "val_loss" in r][-1]
     per = {k[len("val_loss_"):]: v for k, v in last.items() if k.startswith("val_loss_")}  # a mixture's datasets
     return {"row": name, "val_loss": evals[-1][1], "evals": evals, "spikes": spikes(losses), "per_dataset": per,
+            "eval_times": [r["time"] for r in rows if "val_loss" in r],
             "wall_s": read_json(os.path.join(out_dir, "run.json"))["wall_s"]}
 
 
@@ -136,15 +138,17 @@ def plot(results, path):
     plt = pyplot()
     if plt is None:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4))
     for r in results:
         if r["row"] == "proxy" or r["row"].endswith("-seed2") or r["row"] in MIXTURE:
             continue
         ax = axes[1] if "-lr" in r["row"] else axes[0]
         its, vals = zip(*r["evals"])
         ax.plot([i * 16 * 64 / 1e3 for i in its], vals, marker=".", label=r["row"])
-    for ax, title in zip(axes, ("curricula at the tuned rate", "at 4x and 10x the rate")):
-        ax.set_xlabel("training tokens (thousands)")
+        if "-lr" not in r["row"]:
+            axes[2].plot(r["eval_times"], vals, marker=".", label=r["row"])
+    for ax, title in zip(axes, ("curricula at the tuned rate", "at 4x and 10x the rate", "against wall time")):
+        ax.set_xlabel("training tokens (thousands)" if ax is not axes[2] else "wall time (s, evaluations included)")
         ax.set_ylabel("val loss")
         ax.set_ylim(1.9, 3.0)
         ax.set_title(title)
