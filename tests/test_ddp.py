@@ -101,3 +101,25 @@ def test_two_processes_train_like_one_with_two_micro_batches_sparse_attention(tm
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     ckpt = torch.load(os.path.join(two, "ckpt.pt"), weights_only=True)
     assert (ckpt["model_config"]["attention"], ckpt["model_config"]["attn_window"]) == ("sliding", 4)
+
+
+@pytest.mark.parametrize("kind", ["seqlen", "difficulty", "mixture"])
+def test_two_processes_train_like_one_with_two_micro_batches_under_a_curriculum(tmp_path, char_dataset, kind):
+    # every curriculum sampler draws all processes' batches in rank order (as RandomWindows), so
+    # 2 processes x 1 micro-batch see what 1 process x 2 micro-batches sees (~7 s each)
+    import shutil
+
+    data = str(tmp_path / "data")
+    shutil.copytree(char_dataset, data)  # the difficulty cache and the mixture's second dataset go beside it
+    extra = {"seqlen": ["--curriculum=seqlen", "--curriculum_iters=2"],
+             "difficulty": ["--curriculum=difficulty", "--curriculum_iters=2", "--curriculum_start_frac=0.3"],
+             "mixture": [f"--datasets={data}:0.5,{char_dataset}:0.5", f"--stages=2:{data}=1"]}[kind]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    args = COMMON + ["--max_iters=3", "--dropout=0"] + extra
+    launch(args, one, data, 1)
+    assert "data parallel: 2 processes x 1 micro-batches" in launch(args, two, data, 2).stdout
+    want, got = rows(one, "loss"), rows(two, "loss")
+    assert [i for i, _ in got] == [i for i, _ in want] == [0, 1, 2]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+    a, b = weights(one), weights(two)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
