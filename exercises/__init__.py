@@ -1,0 +1,16 @@
+"""
+Classroom exercises: each technique as a stub a student completes, and a grader that checks
+it with numbers (python -m exercises; the course path: exercises/README.md).
+
+    python -m exercises list                     # the exercises in course order, with their status
+    python -m exercises check lr_schedule        # grade one: each case, expected vs got, a hint
+    python -m exercises check --all --json       # a class's results, one JSON object
+    python -m exercises check kd_loss --reference    # the grader against the repo's own code
+
+An exercise is two files: exercises/<name>.py, the stub a student edits (signatures, the
+task in the docstrings, `raise NotImplementedError`), and exercises/graders/<name>.py, its
+grader: `reference()` (the same functions, from the repo's modules) and `cases(impl)`,
+which yields (case, ok, expected, got, hint) for an implementation. COURSE is the order.
+"""
+
+COURSE = ["lr_schedule", "kd_loss"]
