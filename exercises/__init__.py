@@ -13,4 +13,6 @@ grader: `reference()` (the same functions, from the repo's modules) and `cases(i
 which yields (case, ok, expected, got, hint) for an implementation. COURSE is the order.
 """
 
-COURSE = ["lr_schedule", "kd_loss"]
+# the course order (the lessons of exercises/README.md)
+COURSE = ["causal_attention", "lr_schedule", "grad_accumulation", "lora", "peft_freeze", "topk_router",
+          "switch_capacity", "kd_loss", "rope_gqa", "curriculum_pacing"]

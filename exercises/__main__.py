@@ -64,7 +64,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.command == "list":
         for i, name in enumerate(COURSE, 1):
-            print(f"{i:2d}. {name:<16} {grade(name)['status']}")
+            print(f"{i:2d}. {name:<18} {grade(name)['status']}")
         return 0
     if bool(args.name) == args.all:
         p.error("give one exercise NAME or --all")
