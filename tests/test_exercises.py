@@ -73,3 +73,20 @@ def test_the_command_line_exit_codes_and_json():
     assert r.returncode == 0 and '"status": "passing"' in r.stdout
     r = run("list")
     assert r.returncode == 0 and all(name in r.stdout for name in COURSE)
+
+
+@pytest.mark.parametrize("name", COURSE)
+def test_a_stub_holds_the_task_never_the_solution(name):
+    # every function of the student's file is a docstring and `raise NotImplementedError`
+    import ast
+    import os
+
+    with open(os.path.join(REPO, "exercises", f"{name}.py")) as f:
+        tree = ast.parse(f.read())
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    assert functions
+    for fn in functions:
+        body = [b for b in fn.body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+        assert len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.unparse(body[0]), \
+            f"exercises/{name}.py: {fn.name} holds code besides its docstring and the raise"
+        assert ast.get_docstring(fn), f"exercises/{name}.py: {fn.name} has no docstring stating the task"
