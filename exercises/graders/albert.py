@@ -3,6 +3,7 @@ emb_proj, and its tied head GPT.logits) and GPTConfig.stored_block."""
 
 import torch
 import torch.nn.functional as F
+from exercises.graders import call
 
 
 def reference():
@@ -34,16 +35,6 @@ def reference():
 
     return SimpleNamespace(factorized_embedding=factorized_embedding, tied_logits=tied_logits,
                            shared_layers=shared_layers)
-
-
-def call(fn, *args):
-    """(result, None), or (None, the error); NotImplementedError (a stub) goes up."""
-    try:
-        return fn(*args), None
-    except NotImplementedError:
-        raise
-    except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        return None, f"{type(e).__name__}: {e}"
 
 
 def close(a, b, tol=1e-5):
