@@ -90,3 +90,14 @@ def test_a_stub_holds_the_task_never_the_solution(name):
         assert len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.unparse(body[0]), \
             f"exercises/{name}.py: {fn.name} holds code besides its docstring and the raise"
         assert ast.get_docstring(fn), f"exercises/{name}.py: {fn.name} has no docstring stating the task"
+
+
+def test_train_runs_the_students_schedule_in_a_real_training(char_dataset, tmp_path):
+    # --train: the repo's schedule and a correct copy train to the same val loss exactly; a
+    # schedule stuck at warmup's first value (a rate ~1e-6: the model barely moves) lands far from it
+    ref = lr_grader.reference()
+    want = lr_grader.train(ref, str(tmp_path / "ref"), dataset=char_dataset)
+    copy = SimpleNamespace(get_lr=lambda *a, **k: ref.get_lr(*a, **k))
+    assert lr_grader.train(copy, str(tmp_path / "copy"), dataset=char_dataset) == want
+    wild = SimpleNamespace(get_lr=lambda it, learning_rate, *rest: 1e-6)
+    assert abs(lr_grader.train(wild, str(tmp_path / "wild"), dataset=char_dataset) - want) > 0.02

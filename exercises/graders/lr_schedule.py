@@ -42,7 +42,7 @@ def cases(impl):
             yield f"{schedule}, step {it}", ok, want, got, None if ok else hint(it, schedule, got, want)
 
 
-def train(impl, out_dir):
+def train(impl, out_dir, dataset=None):
     """--train: the student's get_lr drives a real 120-step run of train.py (the quickstart
     corpus, a 2-layer model; its output hidden); returns its final val loss. The runner compares it with the
     same run on the repo's own schedule."""
@@ -54,8 +54,8 @@ def train(impl, out_dir):
     from config import TrainConfig
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    dataset = next((d for d in ("stdlib_char", "shakespeare_char")
-                    if os.path.exists(os.path.join(repo, "data", d, "meta.json"))), None)
+    dataset = dataset or next((d for d in ("stdlib_char", "shakespeare_char")
+                               if os.path.exists(os.path.join(repo, "data", d, "meta.json"))), None)
     if dataset is None:
         raise RuntimeError("--train needs a prepared dataset: run python data/stdlib_char/prepare.py")
     repo_get_lr = step.get_lr
