@@ -72,7 +72,7 @@ class GPTConfig:
     emb_dim: int = 0  # factorized embedding (ALBERT): a vocab x emb_dim table and an emb_dim x n_embd projection; 0 = none
     share_layers: Literal["none", "all", "immediate"] = "none"  # blocks stored once, run several times (n_layer: runs)
     share_repeat: int = 2  # immediate: each stored block runs this many times in a row (MobileLLM)
-    # muP (Tensor Programs V; see GPT._init_weights, `mup_rules` and step.make_optimizer)
+    # muP (Tensor Programs V; the rules: mup.py, applied in GPT.__init__, GPT.logits, GPT.lr_scale, q_mult)
     mup: bool = False  # maximal-update parameterization: a learning rate tuned at mup_base_width carries to other widths
     mup_base_width: int = 0  # muP: the n_embd at which muP equals the standard model exactly (required with mup)
     # mixture of experts (moe.py): off at moe_num_experts = 0

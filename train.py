@@ -141,10 +141,9 @@ def setup(cfg, device, dtype, rank, world):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    train_data, val_data, meta = load_dataset(tc.dataset) if not tc.datasets else (None, None, None)
     mixture = load_mixture(tc.datasets) if tc.datasets else None  # {name: (train, val, meta)}
-    if mixture:
-        train_data, val_data, meta = next(iter(mixture.values()))  # the first dataset: train_loss and val_loss
+    # a mixture's first dataset gives train_loss, val_loss and the tokenizer
+    train_data, val_data, meta = next(iter(mixture.values())) if mixture else load_dataset(tc.dataset)
     mc.vocab_size = meta["vocab_size"]
     check_memory(cfg, mc.vocab_size, device)
     model, ckpt, peft_base = init_model(cfg, meta)
@@ -366,7 +365,8 @@ def evaluate_and_save(run, it):
     losses = estimate_loss(run.eval_model, run.splits, tc.batch_size, mc.block_size, tc.eval_iters, run.device,
                            run.ctx, tc.seed)
     # a mixture: each dataset's val loss too (the first one's is val_loss)
-    first = {f"val_loss_{next(iter(parse_mixture(tc.datasets)))}": losses["val"]} if tc.datasets else {}
+    first = ({f"val_loss_{next(iter(run.windows.base))}": losses["val"]}
+             if isinstance(run.windows, MixtureWindows) else {})
     row = log(run, {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], **first,
                     **{f"val_loss_{k[4:]}": v for k, v in losses.items() if k.startswith("val_")}})
     improved = losses["val"] < run.best_val_loss

@@ -84,21 +84,27 @@ def test_accumulation_the_processes_cannot_share_is_an_error(tmp_path, char_data
         train.train(cfg)
 
 
+def two_processes_equal_one(args, dataset, tmp_path):
+    """Three steps of 2 processes x 1 micro-batch = 1 process x 2 micro-batches: every loss
+    and every weight. Returns the 2-process run's folder."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    launch(args, one, dataset, 1)
+    assert "data parallel: 2 processes x 1 micro-batches" in launch(args, two, dataset, 2).stdout
+    want, got = rows(one, "loss"), rows(two, "loss")
+    assert [i for i, _ in got] == [i for i, _ in want] == [0, 1, 2]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
+    a, b = weights(one), weights(two)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    return two
+
+
 @pytest.mark.parametrize("kind", [["--attention=sliding", "--attn_window=4"],
                                   ["--attention=sliding", "--attn_window=4", "--share_layers=all", "--n_kv_head=1",
                                    "--pos_emb=rope", "--emb_dim=16"]], ids=["sliding", "sliding-lean"])
 def test_two_processes_train_like_one_with_two_micro_batches_sparse_attention(tmp_path, char_dataset, kind):
     # the tiled attention (and the lean options: a shared block's gradients are summed over
     # its runs before DDP averages them) under DDP: the same equality as above (~7 s each)
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    args = COMMON + ["--max_iters=3", "--dropout=0"] + kind
-    launch(args, one, char_dataset, 1)
-    assert "data parallel: 2 processes x 1 micro-batches" in launch(args, two, char_dataset, 2).stdout
-    want, got = rows(one, "loss"), rows(two, "loss")
-    assert [i for i, _ in got] == [i for i, _ in want] == [0, 1, 2]
-    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
-    a, b = weights(one), weights(two)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    two = two_processes_equal_one(COMMON + ["--max_iters=3", "--dropout=0"] + kind, char_dataset, tmp_path)
     ckpt = torch.load(os.path.join(two, "ckpt.pt"), weights_only=True)
     assert (ckpt["model_config"]["attention"], ckpt["model_config"]["attn_window"]) == ("sliding", 4)
 
@@ -114,12 +120,4 @@ def test_two_processes_train_like_one_with_two_micro_batches_under_a_curriculum(
     extra = {"seqlen": ["--curriculum=seqlen", "--curriculum_iters=2"],
              "difficulty": ["--curriculum=difficulty", "--curriculum_iters=2", "--curriculum_start_frac=0.3"],
              "mixture": [f"--datasets={data}:0.5,{char_dataset}:0.5", f"--stages=2:{data}=1"]}[kind]
-    one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    args = COMMON + ["--max_iters=3", "--dropout=0"] + extra
-    launch(args, one, data, 1)
-    assert "data parallel: 2 processes x 1 micro-batches" in launch(args, two, data, 2).stdout
-    want, got = rows(one, "loss"), rows(two, "loss")
-    assert [i for i, _ in got] == [i for i, _ in want] == [0, 1, 2]
-    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5)
-    a, b = weights(one), weights(two)
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    two_processes_equal_one(COMMON + ["--max_iters=3", "--dropout=0"] + extra, data, tmp_path)

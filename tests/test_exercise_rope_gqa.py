@@ -14,19 +14,9 @@ def failing_hints(impl):
 
 
 def rotate(x, start, theta, exponent=2, interleaved=False):
-    """RoPE written out, with a knob for each mistake."""
-    T, hs = x.shape[-2], x.shape[-1]
-    freqs = theta ** (-exponent * torch.arange(hs // 2, dtype=torch.float32) / hs)
-    ang = torch.arange(start, start + T, dtype=torch.float32)[:, None] * freqs
-    cos, sin = ang.cos(), ang.sin()
-    xf = x.float()
-    if interleaved:
-        a, b = xf[..., 0::2], xf[..., 1::2]
-        out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
-    else:
-        a, b = xf.chunk(2, dim=-1)
-        out = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
-    return out.to(x.dtype)
+    """RoPE written out (the grader's own, which it uses to recognise mistakes), with a knob
+    for each mistake; at exponent 2, rotate-half, it is model.rope."""
+    return grader._rotate(x, start, theta, exponent, interleaved).to(x.dtype)
 
 
 def planted(**mistake):
