@@ -54,11 +54,42 @@ def load_dataset(name):
         prepare = os.path.join(folder, "prepare.py")
         how = f"run: python {os.path.relpath(prepare)}" if os.path.exists(prepare) else "see README.md, Datasets"
         raise UserError(f"dataset '{name}' is not prepared: {os.path.relpath(missing[0])} is missing; {how}")
-    train = np.memmap(paths[0], dtype=np.uint16, mode="r")
-    val = np.memmap(paths[1], dtype=np.uint16, mode="r")
-    with open(paths[2]) as f:
-        meta = json.load(f)
+    redo = f"prepare it again ({os.path.relpath(os.path.join(folder, 'prepare.py'))} or tokenizer.prepare_dataset)"
+    try:
+        with open(paths[2]) as f:
+            meta = json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{os.path.relpath(paths[2])} is not readable JSON ({e}); {redo}") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("vocab_size"), int)):
+        raise UserError(f"{os.path.relpath(paths[2])} has no integer vocab_size; {redo}")
+    train, val = (read_tokens(p, meta, split, redo) for p, split in zip(paths, ("train", "val")))
     return train, val, meta
+
+
+def read_tokens(path, meta, split, redo):
+    """A .bin file as uint16 tokens, refused (one line: what is wrong) when it is empty, cut
+    mid-token, of another length than meta.json recorded, or holds ids beyond vocab_size."""
+    size, where = os.path.getsize(path), os.path.relpath(path)
+    if size == 0 or size % 2:
+        raise UserError(f"{where} is {'empty' if size == 0 else f'truncated: {size:,} bytes, not whole uint16 tokens'}"
+                        f"; {redo}")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    expected = meta.get(f"{split}_tokens")  # recorded by prepare_dataset (older meta.json files lack it)
+    if expected is not None and expected != len(tokens):
+        raise UserError(f"{where} holds {len(tokens):,} tokens but meta.json records {expected:,} "
+                        f"(truncated, or from another preparation); {redo}")
+    top = int(tokens.max())
+    if top >= meta["vocab_size"]:
+        raise UserError(f"{where} holds token id {top}, beyond meta.json's vocab_size={meta['vocab_size']}: "
+                        f"the .bin files and meta.json come from different preparations; {redo}")
+    return tokens
+
+
+def check_length(tokens, block_size, where):
+    """One window needs block_size + 1 tokens (inputs and next-token targets)."""
+    if len(tokens) < block_size + 1:
+        raise UserError(f"{where} holds {len(tokens):,} tokens, fewer than the block_size + 1 = {block_size + 1} "
+                        f"one window needs; use a smaller --block_size or more data")
 
 
 def tokens_sha256(tokens):
@@ -301,3 +332,26 @@ class MixtureWindows:
         if self.device != "cpu":
             buf = buf.pin_memory().to(self.device, non_blocking=True)
         return buf[:, :-1], buf[:, 1:]
+
+
+# ----------------------------------------------------------------------------------------
+# train.py's choice
+
+
+def make_windows(tc, block_size, device, train_data, mixture=None, aligned=None, scores=None):
+    """The sampler a run's settings (tc, a config.TrainConfig) ask for: the cache's aligned
+    windows (aligned: their number), a mixture ({name: (train, val, meta)}), a curriculum
+    (scores: a function that returns the windows' difficulty, curriculum.load_scores) or
+    nanoGPT's random windows."""
+    common = (tc.batch_size, block_size, device, tc.seed)
+    if aligned is not None:
+        return AlignedWindows(train_data, *common, aligned)
+    if mixture:
+        return MixtureWindows({n: d[0] for n, d in mixture.items()}, parse_mixture(tc.datasets),
+                              parse_stages(tc.stages, list(mixture)), *common)
+    if tc.curriculum in ("difficulty", "anti"):
+        return DifficultyWindows(train_data, *common, scores(), tc.curriculum_start_frac, tc.curriculum_iters,
+                                 tc.curriculum_pacing, anti=tc.curriculum == "anti")
+    if tc.curriculum == "seqlen":
+        return SeqLenWindows(train_data, *common, tc.curriculum_start_len, tc.curriculum_iters, tc.curriculum_pacing)
+    return RandomWindows(train_data, *common)

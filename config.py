@@ -34,7 +34,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from batches import parse_mixture, parse_stages
-from checkpoint import read_checkpoint
+from checkpoint import find_checkpoint, read_checkpoint
 from distill import KDConfig
 from errors import UserError
 from model import GPTConfig
@@ -80,6 +80,15 @@ class TrainConfig:
     # a mixture of datasets (batches.MixtureWindows): off when empty
     datasets: str = ""  # 'name:weight,name:weight' (one tokenizer); replaces dataset; the first is val_loss's
     stages: str = ""  # datasets' weights from given steps on: 'ITER:name=w,name=w;ITER:...'
+    # fault tolerance (faults.py, checkpoint.py's rotation; README, "Long runs and preemption")
+    keep_last: int = 2  # checkpoints kept: ckpt.pt (the newest) and ckpt-<iter>.pt for the ones before it
+    ckpt_interval: int = 0  # also save every this many steps between evals (0: at evals only)
+    on_save_error: Literal["stop", "continue"] = "stop"  # a save that fails (disk full): stop, or warn and train on
+    on_spike: Literal["stop", "rewind"] = "stop"  # stop at a non-finite loss; rewind: back to the last checkpoint,
+    # past the batches that led to the spike (a non-finite loss or one above spike_factor x the recent mean)
+    spike_factor: float = 3.0  # rewind: a loss above this x the mean of the last spike_window steps (0: non-finite only)
+    spike_window: int = 50  # rewind: the steps of that mean
+    max_rewinds: int = 5  # rewind: then stop
     # system
     device: str = "auto"  # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast dtype; auto: see system.py
@@ -124,6 +133,15 @@ class TrainConfig:
             raise ValueError(f"curriculum_start_frac={self.curriculum_start_frac} must be in (0, 1]")
         if self.curriculum_iters < 1:
             raise ValueError(f"curriculum_iters={self.curriculum_iters} must be >= 1")
+        for key in ("keep_last", "spike_window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
+        for key in ("ckpt_interval", "max_rewinds"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+        if not (self.spike_factor == 0 or 1 < self.spike_factor < math.inf):
+            raise ValueError(f"spike_factor={self.spike_factor} must be > 1 (a loss that many times its recent mean), "
+                             f"or 0 (non-finite losses only)")
         if not -(2**63) <= self.seed < 2**63:
             raise ValueError(f"seed={self.seed} must be in [-2**63, 2**63) (torch's generators take 64 bits)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -179,7 +197,9 @@ TRAIN_SETTING_OF = {"curriculum_start_len": ("curriculum", ("seqlen",)),
                     "curriculum_iters": ("curriculum", ("seqlen", "difficulty", "anti")),
                     "curriculum_pacing": ("curriculum", ("seqlen", "difficulty", "anti")),
                     "curriculum_scorer": ("curriculum", ("difficulty", "anti")),
-                    "curriculum_start_frac": ("curriculum", ("difficulty", "anti"))}
+                    "curriculum_start_frac": ("curriculum", ("difficulty", "anti")),
+                    "spike_factor": ("on_spike", ("rewind",)), "spike_window": ("on_spike", ("rewind",)),
+                    "max_rewinds": ("on_spike", ("rewind",))}
 MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
                     "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
                     "rope_theta": ("pos_emb", "rope"), "mup_base_width": ("mup", True)}
@@ -305,17 +325,20 @@ def saved_config(init_from, out_dir, overrides):
     model (and its MoE settings). Overrides that contradict what the saved tensors are (their
     shapes, or how they are used: n_head, the routing, a PEFT run's scale) are errors."""
     src = out_dir if init_from == "resume" else init_from
-    saved = read_checkpoint(os.path.join(src, "ckpt.pt"), why=f"--init_from={init_from}", mmap=True)["config"]
+    why = f"--init_from={init_from}"
+    # resume: the newest checkpoint that loads (checkpoint.py's rotation; train.py says which)
+    saved = (find_checkpoint(src, why, mmap=True)[1] if init_from == "resume"
+             else read_checkpoint(os.path.join(src, "ckpt.pt"), why=why, mmap=True))["config"]
     keep = FIELD_TYPES if init_from == "resume" else INHERITED_KEYS
     fixed = ARCH_KEYS + (PEFT_SHAPE_KEYS if init_from == "resume" else [])
-    for k in fixed:
-        # a checkpoint older than a key holds that key's default
-        was = saved.get(k, getattr(PEFTConfig if k in PEFT_KEYS else GPTConfig, k))
-        if k in overrides and overrides[k] != was:
-            raise UserError(
-                f"{k}={overrides[k]} differs from the checkpoint's {k}={was} in {src}; "
-                f"the {'PEFT tensors' if k in PEFT_KEYS else 'weights'} were trained with it (drop --{k})"
-            )
+    # a checkpoint older than a key holds that key's default
+    was = {k: saved.get(k, getattr(PEFTConfig if k in PEFT_KEYS else GPTConfig, k)) for k in fixed}
+    differ = [k for k in fixed if k in overrides and overrides[k] != was[k]]
+    if differ:
+        tensors = "PEFT tensors" if all(k in PEFT_KEYS for k in differ) else "weights"
+        raise UserError(", ".join(f"{k}={overrides[k]} differs from the checkpoint's {k}={was[k]}" for k in differ)
+                        + f" in {src}; the {tensors} were trained with "
+                        + ("it" if len(differ) == 1 else "them") + " (drop " + " ".join(f"--{k}" for k in differ) + ")")
     if overrides.get("block_size", 0) > saved["block_size"] and saved.get("pos_emb", "learned") == "learned":
         # RoPE and NoPE have no position table: they may run at a longer context than they trained on
         raise UserError(

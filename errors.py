@@ -10,7 +10,8 @@ How every command reports a mistake in what it was asked to do.
 
 A UserError is a problem with the input (an unknown key, a missing file, an impossible
 combination), found before any work is lost: the command prints it as one line and exits
-with code 2. Anything else is a bug in the repo and keeps its traceback. This module sits
+with code 2 (a subclass may set another exit_code: train.py's SaveError, a disk that filled
+up, exits 1). Anything else is a bug in the repo and keeps its traceback. This module sits
 below every other one (config, checkpoint, batches, distill, train and the tools all raise
 it), so it imports nothing from the repo.
 """
@@ -33,6 +34,6 @@ def cli(main):
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
 
     return run

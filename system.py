@@ -84,3 +84,11 @@ def all_mean(t, world):
         dist.all_reduce(t)  # a sum: gloo has no AVG
         t /= world
     return t
+
+
+def barrier(world):
+    """Wait for every data-parallel process (nothing when there is one)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -12,15 +12,18 @@ The keys, their defaults and their checks are config.py's; one optimizer step (m
 accumulation, KD, clipping) is step.py's; this file is the loop around them, readable top
 to bottom:
 
-    setup      config -> seeds -> data -> model (scratch | resume | init_from, then PEFT
-               surgery) -> AdamW, GradScaler -> teacher and batches -> resumed state
+    setup      lock out_dir -> config -> seeds -> data -> model (scratch | resume | init_from,
+               then PEFT surgery) -> AdamW, GradScaler -> teacher and batches -> resumed state
     train      until max_iters: [evaluate and save on the schedule] -> lr = get_lr(it) ->
-               forward_backward -> stop if the loss is not finite -> optimizer_step -> log
+               forward_backward -> a spike? stop or rewind -> optimizer_step -> log ->
+               a stop signal? save and exit 128 + signum
     finish     evaluate and save the final state
 
 out_dir receives config.json (the resolved config), metrics.jsonl (a JSON object per line:
 training rows `iter, loss, lr, tokens_per_sec, time`, eval rows `iter, train_loss,
-val_loss, time`) and ckpt.pt, written atomically at every eval and at the end.
+val_loss, time`) and ckpt.pt, written atomically at every eval and at the end, the older
+ones rotated to ckpt-<iter>.pt (checkpoint.py); run.lock keeps a second run out (rundir.py).
+What a long run meets (SIGTERM, Ctrl-C, spikes, a full disk) and the answers: faults.py.
 
 Data parallel: `torchrun --standalone --nproc_per_node=N train.py ...` runs N processes
 (system.setup_distributed); each runs gradient_accumulation_steps / N of the micro-batches,
@@ -34,9 +37,9 @@ changed base). Nothing imports this file: it is the top of the import graph.
 """
 
 import json
-import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,22 +49,17 @@ import torch
 from tqdm import tqdm
 
 import distill
-from batches import (AlignedWindows, DifficultyWindows, MixtureWindows, RandomWindows, SeqLenWindows, load_dataset,
-                     load_mixture, parse_mixture, parse_stages)
-from checkpoint import (file_sha256, read_checkpoint, restore_model, rng_state, save_checkpoint, set_rng_state,
-                        write_json_atomic)
+from batches import DifficultyWindows, MixtureWindows, SeqLenWindows, check_length, load_dataset, load_mixture, make_windows
+from checkpoint import find_checkpoint, init_model, load_weights, rng_state, save_rotating, set_rng_state, write_json_atomic
 from config import Config, check_memory, load_config
 from curriculum import load_scores
 from errors import UserError, cli
+from faults import Interrupted, NonFiniteLossError, Preempted, SaveError, SpikeError, SpikeGuard, StopSignals
 from model import GPT, moe_statistics
-from peft import apply_peft, peft_state_dict, trainable_summary
+from peft import peft_state_dict, trainable_summary
+from rundir import hold_folder, open_metrics, recover_folder
 from step import estimate_loss, forward_backward, get_lr, make_optimizer, optimizer_step
-from system import all_mean, autocast_context, resolve_system, setup_distributed, world_size
-from tokenizer import same_tokenizer
-
-
-class NonFiniteLossError(UserError):
-    """The loss went NaN or inf: the run stops before the optimizer step, checkpoint intact."""
+from system import all_mean, autocast_context, barrier, resolve_system, setup_distributed, world_size
 
 
 def train(cfg):
@@ -74,16 +72,19 @@ def train(cfg):
                         f"the {world} processes torchrun started: it counts the micro-batches of one optimizer step "
                         f"over all of them (each runs gradient_accumulation_steps / {world})")
     rank, world, device = setup_distributed(device)
-    if world == 1:
-        return train_steps(setup(cfg, device, dtype, rank, world))
-    import torch.distributed as dist
-
+    lock = None
     try:
-        row = train_steps(setup(cfg, device, dtype, rank, world))
-        dist.barrier()  # leave together: a process that tears gloo down while another still saves aborts
+        run = setup(cfg, device, dtype, rank, world)  # reads, refuses, writes nothing
+        lock = hold_folder(cfg.train, rank, world)  # one run per out_dir, from here on
+        recover_folder(run.resumed, cfg.train.out_dir, rank, world)  # resumed past a damaged newest checkpoint?
+        row = train_steps(run)
+        barrier(world)  # leave together: a process that tears gloo down while another still saves aborts
         return row
     finally:
-        dist.destroy_process_group()
+        if lock is not None:
+            lock.release()
+        if world > 1:
+            torch.distributed.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,6 +119,11 @@ class Run:
     elapsed_before: float = 0.0  # seconds of earlier sessions of this run (resume)
     t_start: float = 0.0
     metrics: object = None  # metrics.jsonl, open for appending (process 0, not eval_only)
+    guard: SpikeGuard = None  # tells a loss spike (faults.py)
+    rewinds: int = 0  # on_spike=rewind: rewinds so far
+    last_saved: int = None  # the iter of the newest good checkpoint (None: none yet)
+    evaluated_at: int = -1  # a state evaluated before (resumed, rewound to): no second eval row for it
+    resumed: dict = None  # on resume: the checkpoint's "path" and the damaged newer ones "passed_over"
 
     @property
     def master(self):
@@ -145,6 +151,9 @@ def setup(cfg, device, dtype, rank, world):
     # a mixture's first dataset gives train_loss, val_loss and the tokenizer
     train_data, val_data, meta = next(iter(mixture.values())) if mixture else load_dataset(tc.dataset)
     mc.vocab_size = meta["vocab_size"]
+    for name, (train_split, val_split, _) in (mixture or {tc.dataset: (train_data, val_data, meta)}).items():
+        check_length(train_split, mc.block_size, f"dataset '{name}': train.bin")
+        check_length(val_split, mc.block_size, f"dataset '{name}': val.bin")
     check_memory(cfg, mc.vocab_size, device)
     model, ckpt, peft_base = init_model(cfg, meta)
     model.to(device)
@@ -161,30 +170,20 @@ def setup(cfg, device, dtype, rank, world):
         teacher = distill.make_teacher(kc, meta, mc.block_size, device, train_data)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if isinstance(teacher, distill.CachedTeacher):
-        windows = AlignedWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, teacher.n_windows)
-    elif mixture:
-        windows = MixtureWindows({n: d[0] for n, d in mixture.items()}, parse_mixture(tc.datasets),
-                                 parse_stages(tc.stages, list(mixture)), tc.batch_size, mc.block_size, device, tc.seed)
-    elif tc.curriculum in ("difficulty", "anti"):
-        scores = load_scores(tc.dataset, train_data, mc.block_size, tc.curriculum_scorer, mc.vocab_size, device)
-        windows = DifficultyWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, scores,
-                                    tc.curriculum_start_frac, tc.curriculum_iters, tc.curriculum_pacing,
-                                    anti=tc.curriculum == "anti")
-    elif tc.curriculum == "seqlen":
-        windows = SeqLenWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed, tc.curriculum_start_len,
-                                tc.curriculum_iters, tc.curriculum_pacing)
-    else:
-        windows = RandomWindows(train_data, tc.batch_size, mc.block_size, device, tc.seed)
+    aligned = teacher.n_windows if isinstance(teacher, distill.CachedTeacher) else None
+    windows = make_windows(tc, mc.block_size, device, train_data, mixture, aligned, lambda: load_scores(
+        tc.dataset, train_data, mc.block_size, tc.curriculum_scorer, mc.vocab_size, device))
     windows.rank, windows.world = rank, world
 
     config = {**cfg.as_dict(), "device": device, "dtype": dtype,
               "trainable": {k: v for k, v in trainable.items() if k != "line"}}
     splits = {"train": train_data, "val": val_data, **{f"val_{n}": d[1] for n, d in list((mixture or {}).items())[1:]}}
     run = Run(cfg, device, dtype, rank, world, model, model, model, optimizer, scaler, ctx, windows,
-              teacher, splits, meta, config, peft_base, bool(model.moe_layers()))
+              teacher, splits, meta, config, peft_base, bool(model.moe_layers()),
+              guard=SpikeGuard(tc.spike_factor if tc.on_spike == "rewind" else 0, tc.spike_window))
     if tc.init_from == "resume":
         restore_state(run, ckpt)
+        run.resumed = {k: ckpt[k] for k in ("path", "passed_over", "iter_num")}
     run.eval_model = torch.compile(model) if tc.compile else model  # `model` stays the plain module we save
     run.run_model = run.eval_model
     if world > 1:
@@ -192,45 +191,8 @@ def setup(cfg, device, dtype, rank, world):
 
         run.run_model = DistributedDataParallel(
             run.eval_model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None)
-    describe(run, trainable)
+    describe(run, trainable, ckpt["config"] if tc.init_from == "resume" else None)
     return run
-
-
-def init_model(cfg, meta):
-    """(model, its checkpoint or None, a PEFT run's base or None): a fresh GPT, the run
-    being resumed, or the weights of init_from with PEFT surgery on top when asked."""
-    tc, mc, pc, _ = cfg
-    if tc.init_from == "scratch":
-        return GPT(mc), None, None
-    src = tc.out_dir if tc.init_from == "resume" else tc.init_from
-    why = f"--init_from={tc.init_from}"
-    ckpt_path = os.path.join(src, "ckpt.pt")
-    ckpt = read_checkpoint(ckpt_path, why=why)
-    if not same_tokenizer(ckpt["meta"], meta):
-        raise UserError(
-            f"dataset '{tc.dataset}' has another tokenizer (vocab_size={meta['vocab_size']}) than the checkpoint "
-            f"in {src} (vocab_size={ckpt['meta']['vocab_size']}); prepare the data with that checkpoint's tokenizer"
-        )
-    if tc.init_from == "resume" and "optimizer" not in ckpt:
-        raise UserError(f"{src} holds an exported checkpoint (no optimizer state), which cannot be resumed; "
-                        f"fine-tune from it with --init_from={src} and another out_dir")
-    if tc.init_from != "resume" and "peft_base" in ckpt:
-        raise UserError(
-            f"{src} is a PEFT run: its ckpt.pt holds only PEFT tensors. Fine-tune from its base "
-            f"({os.path.dirname(ckpt['peft_base']['path'])}), or export a merged model first: "
-            f"python export.py --out_dir={src} --to=DIR"
-        )
-    # a PEFT run (on resume): its base, its surgery, its tensors
-    model = restore_model(ckpt, why, pc if tc.init_from == "resume" else None, **asdict(mc))
-    if tc.init_from == "resume":
-        return model, ckpt, ckpt.get("peft_base")
-    if pc.peft == "none":
-        return model, ckpt, None
-    try:
-        apply_peft(model, pc)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return model, ckpt, {"path": os.path.abspath(ckpt_path), "sha256": file_sha256(ckpt_path)}
 
 
 def restore_state(run, ckpt):
@@ -247,12 +209,18 @@ def restore_state(run, ckpt):
     else:
         run.scaler.load_state_dict(ckpt["scaler"])
     run.iter_num, run.best_val_loss, run.elapsed_before = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["elapsed"]
-    run.start_iter = run.iter_num
+    run.start_iter = run.last_saved = run.iter_num
+    # a checkpoint saved between evals (a signal, ckpt_interval) has no eval row: evaluate it if it is due
+    run.evaluated_at = run.iter_num if ckpt.get("evaluated", True) else -1
+    run.guard.recent.clear()
+    run.guard.recent.extend(ckpt.get("spike_recent", []))
+    run.rewinds = ckpt.get("rewinds", 0)
     set_rng_state(ckpt["rng"], run.windows, run.rank, run.world)
 
 
-def describe(run, trainable):
-    """The start-up lines: size, machine, tokens per step, what trains."""
+def describe(run, trainable, saved=None):
+    """The start-up lines: size, machine, tokens per step, what trains; on resume, the keys
+    that differ from the checkpoint's config (saved)."""
     tc, mc, pc, _ = run.cfg
     tokens_per_iter = tc.gradient_accumulation_steps * tc.batch_size * mc.block_size
     active = f" ({run.model.get_num_params(active=True) / 1e6:.2f}M active per token)" if run.moe else ""
@@ -270,7 +238,10 @@ def describe(run, trainable):
     if pc.peft != "none" or tc.init_from not in ("scratch", "resume"):
         run.say(f"{pc.peft if pc.peft != 'none' else 'full fine-tuning'}: {trainable['line']}")
     if tc.init_from == "resume":
-        run.say(f"resuming {tc.out_dir} at iter {run.iter_num}")
+        changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in run.config.items()
+                   if k in saved and k not in ("init_from", "trainable") and saved[k] != v]  # dtype too: a new machine
+        run.say(f"resuming {tc.out_dir} at iter {run.iter_num}"
+                + (f"; changed since the checkpoint: {', '.join(changed)}" if changed else ""))
 
 
 # ----------------------------------------------------------------------------------------
@@ -289,15 +260,25 @@ def train_steps(run):
     run.t_start = time.perf_counter()
     if tc.eval_only:
         return evaluate_and_save(run, run.iter_num)
+    try:
+        with StopSignals() as stop:  # SIGTERM, Ctrl-C: this step finishes, a checkpoint is saved (faults.py)
+            return loop(run, stop)
+    finally:
+        close_run_files(run)
 
+
+def loop(run, stop):
+    tc = run.cfg.train
     bar = tqdm(total=tc.max_iters, initial=run.iter_num, disable=not (tc.progress and run.master), dynamic_ncols=True)
     run.run_model.train()
     t_last, steps_since_log = time.perf_counter(), 0
     while run.iter_num < tc.max_iters:
         # evaluate on the schedule, except right after resuming: that state was evaluated
-        if run.iter_num % tc.eval_interval == 0 and not (tc.init_from == "resume" and run.iter_num == run.start_iter):
+        if run.iter_num % tc.eval_interval == 0 and run.iter_num != run.evaluated_at:
             evaluate_and_save(run, run.iter_num)
             t_last, steps_since_log = time.perf_counter(), 0  # tokens/s leaves eval time out
+        elif tc.ckpt_interval and run.iter_num % tc.ckpt_interval == 0 and run.iter_num != run.last_saved:
+            save(run, run.iter_num)
 
         lr = get_lr(run.iter_num, tc)
         for group in run.optimizer.param_groups:
@@ -306,15 +287,18 @@ def train_steps(run):
         run.windows.it = run.iter_num  # a curriculum's position (SeqLenWindows: the windows' length)
         loss = forward_backward(run.run_model, run.windows, run.ctx, run.scaler,
                                 tc.gradient_accumulation_steps // run.world, run.teacher, run.cfg.kd, terms)
-        loss_value = all_mean(loss, run.world).item()  # every process sees the same value: all stop, or none
-        if not math.isfinite(loss_value):
-            bar.close()
-            close_run_files(run)
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at iter {run.iter_num}: stopped before the optimizer step; "
-                f"{os.path.join(tc.out_dir, 'ckpt.pt')} still holds the last good checkpoint "
-                f"(try a lower learning_rate, grad_clip > 0, or dtype=float32)"
-            )
+        # every process sees the same loss and the same signals: all stop, rewind or go on together
+        flags = torch.tensor([float(stop.signum == s) for s in StopSignals.SIGNALS], device=loss.device)
+        shared = all_mean(torch.cat([loss.detach().float().reshape(1), flags]), run.world).tolist()
+        loss_value = shared[0]
+        spike = run.guard.check(loss_value)  # on_spike=stop: a non-finite loss only
+        if spike and tc.on_spike == "stop":
+            raise NonFiniteLossError(f"loss is {loss_value} at iter {run.iter_num}: stopped before the optimizer step; "
+                                     f"{last_good(run)} (try a lower learning_rate, grad_clip > 0, dtype=float32, "
+                                     f"or on_spike=rewind)")
+        if spike:
+            rewind(run, spike, bar)
+            continue
         optimizer_step(run.model, run.optimizer, run.scaler, tc.grad_clip)
 
         it, run.iter_num, steps_since_log = run.iter_num, run.iter_num + 1, steps_since_log + 1
@@ -325,11 +309,51 @@ def train_steps(run):
             postfix = log_step(run, it, loss_value, lr, tokens / max(now - t_last, 1e-9), terms)
             t_last, steps_since_log = now, 0
             bar.set_postfix(**postfix, refresh=False)
+        signum = stop.signum if run.world == 1 else next((s for s, got in zip(StopSignals.SIGNALS, shared[1:]) if got > 0), 0)
+        if signum and run.iter_num < tc.max_iters:
+            bar.close()
+            preempt(run, signum)
 
     bar.close()
-    row = evaluate_and_save(run, run.iter_num)  # the final state is always evaluated and saved
-    close_run_files(run)
-    return row
+    return evaluate_and_save(run, run.iter_num)  # the final state is always evaluated and saved
+
+
+def rewind(run, why, bar):
+    """on_spike=rewind (PaLM, section 5.1): back to the newest checkpoint, every state as
+    saved but the data stream's, which stays where it is, so the batches that led to the
+    spike are skipped; logged in metrics.jsonl as a row with "rewind"."""
+    tc = run.cfg.train
+    if run.rewinds >= tc.max_rewinds:
+        raise SpikeError(f"{why} at iter {run.iter_num}, after {run.rewinds} rewinds (max_rewinds={tc.max_rewinds}): "
+                         f"stopped before the optimizer step; the last checkpoint is intact "
+                         f"(try a lower learning_rate or grad_clip > 0)")
+    path, ckpt, _ = find_checkpoint(tc.out_dir, "on_spike=rewind")
+    spike_iter, data, elapsed, rewinds = run.iter_num, run.windows.generator.get_state(), run.elapsed_before, run.rewinds
+    run.optimizer.zero_grad(set_to_none=True)  # the spike's gradients are never applied
+    load_weights(run.model, ckpt)
+    restore_state(run, ckpt)
+    run.windows.generator.set_state(data)
+    run.elapsed_before, run.rewinds = elapsed, rewinds + 1  # the wall clock and the count go on
+    skipped = (spike_iter - run.iter_num + 1) * tc.gradient_accumulation_steps
+    log(run, {"iter": spike_iter, "rewind": run.rewinds, "to_iter": run.iter_num, "skipped_batches": skipped,
+              "why": why})
+    run.say(f"\nspike at iter {spike_iter}: {why}; rewound to {os.path.basename(path)} (iter {run.iter_num}), "
+            f"skipping the {skipped} batches since (rewind {run.rewinds} of at most {tc.max_rewinds})")
+    bar.n = run.iter_num
+    bar.refresh()
+
+
+def preempt(run, signum):
+    """A stop signal: save this step's state, say how to resume, and leave with 128 + signum."""
+    tc = run.cfg.train
+    if not save(run, run.iter_num):
+        raise SaveError(f"stopped by {signal.Signals(signum).name} at iter {run.iter_num}, but the checkpoint could "
+                        f"not be saved; {os.path.join(tc.out_dir, 'ckpt.pt')} holds the last good one")
+    barrier(run.world)  # process 0 has saved before any process leaves
+    launcher = "your torchrun command" if run.world > 1 else "python train.py"
+    run.say(f"{signal.Signals(signum).name}: saved {os.path.join(tc.out_dir, 'ckpt.pt')} at iter {run.iter_num}; "
+            f"resume with: {launcher} --out_dir={tc.out_dir} --init_from=resume --dtype={run.dtype}")
+    raise Preempted(signum)
 
 
 def log_step(run, it, loss_value, lr, tok_s, terms):
@@ -373,32 +397,65 @@ def evaluate_and_save(run, it):
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if run.master:
         tqdm.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-    if tc.eval_only or not (improved or tc.always_save_checkpoint or it == tc.max_iters):
-        return row
-    rng = rng_state(run.windows, run.world)  # under DDP a collective: before the master-only part
-    if not run.master:
-        return row
-    ckpt = {
-        # a PEFT run saves its PEFT tensors and where its base is (checkpoint.restore_model)
-        "model": peft_state_dict(run.model) if run.peft_base else run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "model_config": asdict(run.model.config),
-        "config": run.config,
-        "meta": run.meta,  # the tokenizer, so sample.py needs only the checkpoint
-        "iter_num": it,
-        "best_val_loss": run.best_val_loss,
-        "elapsed": row["time"],
-        "rng": rng,
-    }
-    if run.peft_base:
-        ckpt["peft_base"] = run.peft_base
-    save_checkpoint(ckpt, os.path.join(tc.out_dir, "ckpt.pt"))
+    if not tc.eval_only and (improved or tc.always_save_checkpoint or it == tc.max_iters):
+        save(run, it, evaluated=True)
     return row
 
 
+def save(run, it, evaluated=False):
+    """The run's state at step `it` as out_dir/ckpt.pt, rotating the older ones (checkpoint.
+    save_rotating). Under DDP every process calls it and process 0 writes. A save that fails
+    (a full disk, a read-only folder) leaves the previous checkpoint whole and stops the run,
+    or with on_save_error=continue warns and returns False (the next save tries again)."""
+    tc = run.cfg.train
+    rng = rng_state(run.windows, run.world)  # under DDP a collective: before the master-only part
+    error = None
+    if run.master:
+        ckpt = {
+            # a PEFT run saves its PEFT tensors and where its base is (checkpoint.restore_model)
+            "model": peft_state_dict(run.model) if run.peft_base else run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "model_config": asdict(run.model.config),
+            "config": run.config,
+            "meta": run.meta,  # the tokenizer, so sample.py needs only the checkpoint
+            "iter_num": it,
+            "best_val_loss": run.best_val_loss,
+            "elapsed": round(run.elapsed_before + time.perf_counter() - run.t_start, 3),
+            "rng": rng,
+            "evaluated": evaluated,  # this state has its eval row: a resumed run does not evaluate it again
+            "spike_recent": list(run.guard.recent), "rewinds": run.rewinds,  # faults.SpikeGuard, exactly resumed
+        }
+        if run.peft_base:
+            ckpt["peft_base"] = run.peft_base
+        try:
+            # a fresh run's first save replaces what an older run left in the folder
+            save_rotating(ckpt, tc.out_dir, tc.keep_last, fresh=run.last_saved is None and tc.init_from != "resume")
+            run.last_saved = it
+        except OSError as e:
+            error = (f"could not save the checkpoint of iter {it} to {os.path.join(tc.out_dir, 'ckpt.pt')}: "
+                     f"{e.strerror or e}" + (f" ({e.filename})" if getattr(e, "filename", None) else "")
+                     + f"; {last_good(run)}")
+    if run.world > 1 and all_mean(torch.tensor([float(error is None)]), run.world).item() < 1:
+        error = error or "process 0 could not save the checkpoint (see its message)"
+    if error is None:
+        return True
+    if tc.on_save_error == "continue" and it < tc.max_iters:
+        run.say(f"warning: {error}; training on (on_save_error=continue), the next save tries again")
+        return False
+    raise SaveError(error + ("" if tc.on_save_error == "continue" else
+                             "; the run stops (on_save_error=continue would train on)"))
+
+
+def last_good(run):
+    tc = run.cfg.train
+    if run.last_saved is None:
+        return "no checkpoint of this run was saved yet"
+    return f"{os.path.join(tc.out_dir, 'ckpt.pt')} (iter {run.last_saved}) is intact"
+
+
 # ----------------------------------------------------------------------------------------
-# the run's files: config.json, metrics.jsonl (ckpt.pt: evaluate_and_save)
+# the run's files: config.json, metrics.jsonl (ckpt.pt: save; all under rundir.RunLock)
 
 
 def open_run_files(run):
@@ -409,17 +466,13 @@ def open_run_files(run):
         return
     os.makedirs(tc.out_dir, exist_ok=True)
     write_json_atomic(run.config, os.path.join(tc.out_dir, "config.json"))
-    path = os.path.join(tc.out_dir, "metrics.jsonl")
-    if tc.init_from == "resume":
-        trim_metrics(path, run.start_iter)
-    elif os.path.exists(path):
-        os.remove(path)  # a new run in an old run's folder: the file holds the new run's rows only
-    run.metrics = open(path, "a")
+    run.metrics = open_metrics(tc.out_dir, run.start_iter if tc.init_from == "resume" else None)
 
 
 def close_run_files(run):
     if run.metrics is not None:
         run.metrics.close()
+        run.metrics = None
 
 
 def log(run, row):
@@ -431,27 +484,16 @@ def log(run, row):
     return row
 
 
-def trim_metrics(path, start_iter):
-    """On resume, drop metrics rows past the checkpoint (written after the last save by a
-    run that then died), so the file reads as one uninterrupted run."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in rows if r["iter"] < start_iter or ("val_loss" in r and r["iter"] == start_iter)]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(path + ".tmp", path)
-
-
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         train(load_config(argv))
-    except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint written is intact", file=sys.stderr)
-        sys.exit(130)
+    except Preempted as e:  # a stop signal, after its checkpoint
+        sys.exit(128 + e.signum)
+    except (KeyboardInterrupt, Interrupted) as e:  # before the loop, or a second signal: no new checkpoint
+        print(f"\ninterrupted: the last checkpoint written is intact", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,14 @@ LEGAL = {
     ("n_kv_head", "zero"): "0 means n_head: multi-head attention",
     ("rope_theta", "huge"): "a base so large that all but the first pair barely rotate",
     ("emb_dim", "zero"): "0 means no factorization",
+    ("keep_last", "huge"): "keep every checkpoint",
+    ("ckpt_interval", "zero"): "save at evals only",
+    ("ckpt_interval", "huge"): "no save between evals",
+    ("spike_factor", "zero"): "only a non-finite loss is a spike",
+    ("spike_factor", "huge"): "only a non-finite loss is a spike, in practice",
+    ("spike_window", "huge"): "the mean never fills: only a non-finite loss is a spike",
+    ("max_rewinds", "zero"): "stop at the first spike",
+    ("max_rewinds", "huge"): "rewind at every spike",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
 CONTEXT = {
@@ -80,6 +88,8 @@ CONTEXT = {
     "kd_temperature": ["--teacher={base}", "--kd_alpha=0.5"],
     "kd_jsd_beta": ["--teacher={base}", "--kd_alpha=0.5", "--kd_loss=jsd"],
     "kd_top_k": ["--soft_labels={cache}", "--kd_alpha=0.5", "--kd_tail=renorm"],
+    "spike_": ["--on_spike=rewind"],
+    "max_rewinds": ["--on_spike=rewind"],
 }
 CASES = [(key, probe) for key, tp in config.FIELD_TYPES.items() if tp in PROBES for probe in PROBES[tp]]
 
