@@ -116,7 +116,7 @@ def load_problem(path, mmap=False, map_location="cpu"):
         first = str(e).strip().splitlines()[0]
         return f"is not a plain weights checkpoint, refusing to load it ({first})"
     except Exception as e:  # RuntimeError (no zip directory: truncated), EOFError (empty), ...
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         size = os.path.getsize(path)
         return f"is damaged: it cannot be read ({size:,} bytes; {first})"
 
@@ -215,6 +215,8 @@ def save_rotating(obj, folder, keep_last, fresh=False):
 def link_or_copy(src, dst):
     """dst becomes src's content: a hard link (no bytes copied), or a copy where the
     filesystem has no links."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return  # already one file: a rename onto its own other name would do nothing and leave tmp behind
     tmp = f"{dst}.tmp{os.getpid()}"
     try:
         os.link(src, tmp)
@@ -268,7 +270,7 @@ def checksum_problem(path, records):
     mine = next((r for r in records if r["file"] == os.path.basename(path)), None)
     if mine is not None and mine["bytes"] != st.st_size:
         return f"is damaged: {st.st_size:,} bytes, but {mine['bytes']:,} were written (truncated or half-written)"
-    return f"is damaged: its sha256 is not the one recorded when it was saved (corrupted or half-written)"
+    return "is damaged: its sha256 is not the one recorded when it was saved (corrupted or half-written)"
 
 
 def find_checkpoint(folder, why, mmap=False):

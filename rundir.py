@@ -119,11 +119,13 @@ def hold_folder(tc, rank, world):
     return lock
 
 
-def recover_folder(resumed, out_dir, rank, world):
-    """Resuming past damaged newer checkpoints (resumed: the "path" resumed from, its
-    "iter_num" and the "passed_over" (path, why) of checkpoint.find_checkpoint): say which and why, then (process 0, once every process has read what it needs) set them aside
-    (checkpoint.set_aside). Nothing to do for a fresh run or a whole newest checkpoint."""
-    if not (resumed and resumed["passed_over"]):
+def recover_folder(resumed, tc, rank, world):
+    """Resuming past damaged newer checkpoints: say which and why, then (process 0, once
+    every process has read what it needs) set them aside (checkpoint.set_aside). resumed:
+    the "path" and "iter_num" resumed from and the "passed_over" (path, why) pairs of
+    checkpoint.find_checkpoint; tc: the run's config.TrainConfig. Nothing to do for a fresh
+    run, a whole newest checkpoint, or an eval_only run (which writes nothing)."""
+    if tc.eval_only or not (resumed and resumed["passed_over"]):
         return
     barrier(world)
     if rank == 0:
@@ -131,7 +133,7 @@ def recover_folder(resumed, out_dir, rank, world):
             print(f"warning: {path} {problem}; passed over")
         print(f"resuming from {resumed['path']} (iter {resumed['iter_num']}) instead; the damaged file(s) are kept as "
               f"<name>.damaged")
-        set_aside(out_dir, resumed["path"], resumed["passed_over"])
+        set_aside(tc.out_dir, resumed["path"], resumed["passed_over"])
 
 
 # ----------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def all_mean(t, world):
     if world > 1:
         import torch.distributed as dist
 
-        t = t.clone()
+        # a copy (NCCL reduces GPU tensors only: a flag made on the CPU goes to this process's GPU)
+        t = t.cuda() if dist.get_backend() == "nccl" and not t.is_cuda else t.clone()
         dist.all_reduce(t)  # a sum: gloo has no AVG
         t /= world
     return t

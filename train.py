@@ -72,11 +72,11 @@ def train(cfg):
                         f"the {world} processes torchrun started: it counts the micro-batches of one optimizer step "
                         f"over all of them (each runs gradient_accumulation_steps / {world})")
     rank, world, device = setup_distributed(device)
-    lock = None
+    lock = None  # rundir.RunLock
     try:
         run = setup(cfg, device, dtype, rank, world)  # reads, refuses, writes nothing
         lock = hold_folder(cfg.train, rank, world)  # one run per out_dir, from here on
-        recover_folder(run.resumed, cfg.train.out_dir, rank, world)  # resumed past a damaged newest checkpoint?
+        recover_folder(run.resumed, cfg.train, rank, world)  # resumed past a damaged newest checkpoint?
         row = train_steps(run)
         barrier(world)  # leave together: a process that tears gloo down while another still saves aborts
         return row
@@ -268,6 +268,7 @@ def train_steps(run):
 
 
 def loop(run, stop):
+    """The steps, with stop (faults.StopSignals) telling of a signal; the final eval row."""
     tc = run.cfg.train
     bar = tqdm(total=tc.max_iters, initial=run.iter_num, disable=not (tc.progress and run.master), dynamic_ncols=True)
     run.run_model.train()
@@ -431,7 +432,6 @@ def save(run, it, evaluated=False):
         try:
             # a fresh run's first save replaces what an older run left in the folder
             save_rotating(ckpt, tc.out_dir, tc.keep_last, fresh=run.last_saved is None and tc.init_from != "resume")
-            run.last_saved = it
         except OSError as e:
             error = (f"could not save the checkpoint of iter {it} to {os.path.join(tc.out_dir, 'ckpt.pt')}: "
                      f"{e.strerror or e}" + (f" ({e.filename})" if getattr(e, "filename", None) else "")
@@ -439,6 +439,7 @@ def save(run, it, evaluated=False):
     if run.world > 1 and all_mean(torch.tensor([float(error is None)]), run.world).item() < 1:
         error = error or "process 0 could not save the checkpoint (see its message)"
     if error is None:
+        run.last_saved = it
         return True
     if tc.on_save_error == "continue" and it < tc.max_iters:
         run.say(f"warning: {error}; training on (on_save_error=continue), the next save tries again")
@@ -448,10 +449,9 @@ def save(run, it, evaluated=False):
 
 
 def last_good(run):
-    tc = run.cfg.train
     if run.last_saved is None:
         return "no checkpoint of this run was saved yet"
-    return f"{os.path.join(tc.out_dir, 'ckpt.pt')} (iter {run.last_saved}) is intact"
+    return f"{os.path.join(run.cfg.train.out_dir, 'ckpt.pt')} (iter {run.last_saved}) is intact"
 
 
 # ----------------------------------------------------------------------------------------

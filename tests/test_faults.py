@@ -60,9 +60,21 @@ def main(out, dataset, args, capsys, code=0):
     return printed.out + printed.err
 
 
-def start(out, dataset, args, processes=1):
-    return subprocess.Popen(command(out, dataset, args, processes), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV)
+@pytest.fixture
+def start():
+    """start(out, dataset, args, processes=1): train.py running in its own process group,
+    which is killed at the end of the test if still there (a failed test leaves no run)."""
+    procs = []
+
+    def launch(out, dataset, args, processes=1):
+        procs.append(subprocess.Popen(command(out, dataset, args, processes), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV, start_new_session=True))
+        return procs[-1]
+
+    yield launch
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def metrics(out):
@@ -103,7 +115,7 @@ def same_weights(a, b):
 # signals
 
 
-def test_sigterm_saves_this_step_exits_143_and_resume_is_bit_for_bit(tmp_path, char_dataset):
+def test_sigterm_saves_this_step_exits_143_and_resume_is_bit_for_bit(tmp_path, char_dataset, start):
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     args = FAST + ["--max_iters=300", "--dropout=0.1"]
     run(straight, char_dataset, args)
@@ -125,15 +137,17 @@ def test_sigterm_saves_this_step_exits_143_and_resume_is_bit_for_bit(tmp_path, c
     assert same_weights(os.path.join(cut, "ckpt.pt"), os.path.join(straight, "ckpt.pt"))
 
 
-def test_sigterm_under_ddp_stops_every_process_at_one_step_and_resumes_exactly(tmp_path, char_dataset):
+def test_sigterm_under_ddp_stops_every_process_at_one_step_and_resumes_exactly(tmp_path, char_dataset, start):
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     args = FAST + ["--max_iters=200", "--dropout=0.1", "--gradient_accumulation_steps=2"]
     run(straight, char_dataset, args, processes=2)
     proc = start(cut, char_dataset, args, processes=2)
     wait_for(proc, lambda: len(rows(cut, "loss")) >= 20, "20 steps")
-    proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both processes (as on preemption)
+    # to process 1 alone: the flag rides on the loss's all-reduce, so process 0 stops after the
+    # same step and saves (a preemption's SIGTERM reaches torchrun, which forwards it to both)
+    os.kill(worker(proc.pid, rank=1), signal.SIGTERM)
     out, _ = proc.communicate(timeout=90)
-    assert proc.returncode != 0, out  # torchrun reports its own SignalException; the processes exit 143
+    assert proc.returncode != 0 and out.count("SIGTERM: saved") == 1, out  # torchrun reports the failed processes
     k = state(os.path.join(cut, "ckpt.pt"))["iter_num"]
     assert rows(cut, "loss")[-1][0] == k - 1 and f"saved {cut}/ckpt.pt at iter {k}" in out
     assert len(state(os.path.join(cut, "ckpt.pt"))["rng"]["torch_ranks"]) == 2
@@ -142,7 +156,18 @@ def test_sigterm_under_ddp_stops_every_process_at_one_step_and_resumes_exactly(t
     assert same_weights(os.path.join(cut, "ckpt.pt"), os.path.join(straight, "ckpt.pt"))
 
 
-def test_a_second_ctrl_c_exits_at_once_and_leaves_the_checkpoint_as_it_was(tmp_path, char_dataset):
+def worker(launcher, rank):
+    """The PID of torchrun's process of this rank (read from /proc: its children's RANK)."""
+    for task in os.listdir(f"/proc/{launcher}/task"):
+        with open(f"/proc/{launcher}/task/{task}/children") as f:
+            for pid in map(int, f.read().split()):
+                with open(f"/proc/{pid}/environ", "rb") as e:
+                    if f"RANK={rank}".encode() in e.read().split(b"\0"):
+                        return pid
+    raise AssertionError(f"no process of rank {rank} under torchrun {launcher}")
+
+
+def test_a_second_ctrl_c_exits_at_once_and_leaves_the_checkpoint_as_it_was(tmp_path, char_dataset, start):
     out = str(tmp_path / "run")
     # ~3 s steps (many micro-batches of the tiny model), so that the later signals land inside one
     proc = start(out, char_dataset, ["--gradient_accumulation_steps=2000", "--max_iters=50", "--eval_iters=1",
@@ -168,7 +193,7 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_the_checkpoint_as_it_was(tmp_p
 # damaged checkpoints
 
 
-def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_and_a_stale_lock(tmp_path, char_dataset):
+def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_and_a_stale_lock(tmp_path, char_dataset, start):
     out = str(tmp_path / "run")
     # a larger model, so that a save takes long enough to be caught in the middle
     larger = ["--n_embd=128", "--n_layer=4"]
@@ -219,6 +244,8 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(two_checkp
     assert f"{path} is damaged" in text and "truncated" in text
     assert f"resuming from {out}/ckpt-10.pt (iter 10) instead" in text
     assert os.path.exists(path + ".damaged")  # kept to look at, out of the rotation
+    # ckpt.pt became the checkpoint resumed from; the saves since rotated it without leftovers
+    assert sorted(f for f in os.listdir(out) if f.startswith("ckpt")) == ["ckpt-20.pt", "ckpt.pt", "ckpt.pt.damaged"]
     # resumed from iter 10: from there on, exactly the uninterrupted run
     assert rows(out, "loss") == rows(straight, "loss")
     assert same_weights(path, os.path.join(straight, "ckpt.pt"))
@@ -324,17 +351,13 @@ def test_a_read_only_folder_is_refused_before_anything_changes(tmp_path, char_da
 # one run per folder
 
 
-def test_a_second_run_into_a_running_runs_folder_is_refused(tmp_path, char_dataset):
+def test_a_second_run_into_a_running_runs_folder_is_refused(tmp_path, char_dataset, start):
     out = str(tmp_path / "run")
     first = start(out, char_dataset, FAST + ["--max_iters=100000"])
-    try:
-        wait_for(first, lambda: len(rows(out, "loss")) >= 1, "a step")
-        text = run(out, char_dataset, FAST + ["--max_iters=10"], code=2)
-        assert text.count("error:") == 1 and f"error: {out} is in use by another run (PID {first.pid} on " in text
-        assert first.poll() is None  # the first run goes on
-    finally:
-        first.kill()
-        first.wait()
+    wait_for(first, lambda: len(rows(out, "loss")) >= 1, "a step")
+    text = run(out, char_dataset, FAST + ["--max_iters=10"], code=2)
+    assert text.count("error:") == 1 and f"error: {out} is in use by another run (PID {first.pid} on " in text
+    assert first.poll() is None  # the first run goes on (the fixture stops it)
 
 
 # ----------------------------------------------------------------------------------------
