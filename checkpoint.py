@@ -31,6 +31,7 @@ import torch
 from errors import UserError
 from model import GPT, GPTConfig
 from peft import PEFTConfig, apply_peft, load_peft_state_dict
+from quant import make_quantized
 from tokenizer import same_tokenizer
 
 PEFT_KEYS = [f.name for f in fields(PEFTConfig)]
@@ -321,6 +322,8 @@ def restore_model(ckpt, why, peft_config=None, **overrides):
     # a learned position table has the saved length (cropped below); RoPE and NoPE run at any
     learned = weights["model_config"].get("pos_emb", "learned") == "learned"
     model = GPT(GPTConfig(**{**cfg, "block_size": weights["model_config"]["block_size"] if learned else cfg["block_size"]}))
+    if "quant" in weights:  # quantize.py's: its Linear layers hold codes and scales (quant.QuantLinear)
+        make_quantized(model, weights["quant"])
     try:
         model.load_state_dict(weights["model"])
     except RuntimeError as e:  # config.saved_config refuses the changes it knows of; this names any other
@@ -360,6 +363,10 @@ def init_model(cfg, meta):
     if tc.init_from == "resume" and "optimizer" not in ckpt:
         raise UserError(f"{src} holds an exported checkpoint (no optimizer state), which cannot be resumed; "
                         f"fine-tune from it with --init_from={src} and another out_dir")
+    if "quant" in ckpt and not tc.eval_only:
+        raise UserError(f"{src} holds a quantized model (int{ckpt['quant']['bits']}, quantize.py): evaluate it "
+                        f"(--eval_only=True) or sample it; training a quantized base (QAT, QLoRA) is not built yet, "
+                        f"so fine-tune its source run ({ckpt['quantized_from']['run']})")
     if tc.init_from != "resume" and "peft_base" in ckpt:
         raise UserError(
             f"{src} is a PEFT run: its ckpt.pt holds only PEFT tensors. Fine-tune from its base "
