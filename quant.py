@@ -24,14 +24,19 @@ The roundings:
            H = 2 X^T X / n, so that X W^T moves as little as possible (the Optimal Brain
            Surgeon update restricted to a fixed order, section 3)
 
-Speed: where PyTorch has an integer kernel on the CPU, QuantLinear uses it: int8 per-channel
-goes through torch._weight_int8pack_mm (x @ (codes * scale)^T without materialising W in
-fp32); int4 is dequantized on the fly, one layer at a time (README, "Compact models").
+Speed: PyTorch's int8 weight kernel (torch._weight_int8pack_mm) is used where it was
+measured to pay: a few rows at a time (generation with the KV cache) on a CPU with fast bf16,
+where it reads a quarter of fp32's bytes. Otherwise, and for int4, the weight is dequantized
+on the fly, one layer at a time, and multiplied in fp32 (README, "Compact models").
 """
+
+import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from system import cpu_has_fast_bf16
 
 # ----------------------------------------------------------------------------------------
 # formats
@@ -167,16 +172,32 @@ class QuantLinear(nn.Module):
         """The weight the codes stand for, (out, in) float32."""
         return dequantize(self.codes(), self.scale, self.group_size)
 
+    KERNEL_ROWS = 16  # the int8 kernel pays for matrix-vector products only (README, "Compact models")
+
     def forward(self, x):
-        if self.bits == 8 and self.group_size == 0 and x.device.type == "cpu" and x.dtype == torch.float32:
-            # W x with W = diag(scale) codes, without W in fp32: (B*T, K) @ (N, K)^T * scale
-            y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight, self.scale.float().reshape(-1))
-            y = y.reshape(*x.shape[:-1], self.out_features)
+        rows = x.numel() // self.in_features
+        if self.bits == 8 and self.group_size == 0 and x.device.type == "cpu" and rows <= self.KERNEL_ROWS \
+                and int8_kernel_fast():
+            # generation's few rows: W x with W = diag(scale) codes, never W in fp32. Measured here,
+            # torch's int8 kernel beats an fp32 matmul only with bf16 activations (memory-bound: a
+            # quarter of the bytes); with fp32 ones, or for a batch of rows, it is far slower
+            y = torch._weight_int8pack_mm(x.reshape(rows, -1).to(torch.bfloat16), self.qweight,
+                                          self.scale.reshape(-1).to(torch.bfloat16))
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
+        # everything else: the weight dequantized for this call, then an ordinary fp32 matmul (exact)
         return F.linear(x, self.weight_fp32().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group_size or 'row'}"
+
+
+@functools.cache
+def int8_kernel_fast():
+    """True where this CPU has fast bf16 arithmetic (AVX512-BF16 or AMX, system.cpu_has_fast_bf16),
+    which torch._weight_int8pack_mm's bf16 path needs to beat fp32; elsewhere QuantLinear
+    always dequantizes."""
+    return cpu_has_fast_bf16()
 
 
 def quantizable(model):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import quant
 import quantize
 import train
 from checkpoint import read_checkpoint, restore_model
@@ -85,8 +86,13 @@ def test_quant_linear_computes_the_dequantized_layer(bits, group_size):
     assert not list(layer.parameters(recurse=True)) or not any(p.requires_grad for p in layer.parameters())
     assert torch.equal(layer.codes(), codes)
     want = F.linear(x, dequantize(codes, scale, group_size), b)
-    # int8 per channel runs torch's integer kernel: equal up to the order of the sums
-    assert torch.allclose(layer(x), want, atol=1e-5, rtol=1e-5)
+    if bits == 8 and group_size == 0 and quant.int8_kernel_fast():
+        # 10 rows: torch's int8 kernel, with bf16 activations (quant.QuantLinear.forward)
+        assert torch.allclose(layer(x), want, rtol=2e-2, atol=5e-2) and not torch.equal(layer(x), want)
+    else:
+        assert torch.equal(layer(x), want)
+    big = torch.randn(40, 64, generator=g)  # rows past KERNEL_ROWS: always the exact path
+    assert torch.equal(layer(big), F.linear(big, dequantize(codes, scale, group_size), b))
     stored = layer.qweight.numel() * layer.qweight.element_size()
     assert stored == 40 * 64 * bits // 8  # one byte per int8 code, half a byte per int4 code
 
