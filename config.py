@@ -179,8 +179,9 @@ MOE_ARCH_KEYS = ["moe_num_experts", "moe_top_k", "moe_router", "moe_hidden", "mo
                  "moe_noisy"]
 ATTENTION_KEYS = ["attention", "attn_window", "attn_block", "attn_summary", "n_kv_head", "pos_emb", "rope_theta"]
 LEAN_KEYS = ["emb_dim", "share_layers", "share_repeat"]  # factorized embedding, shared blocks
+PRUNED_KEYS = ["mlp_hidden", "head_dim"]  # the widths prune.py leaves (0: GPT-2's)
 MUP_KEYS = ["mup", "mup_base_width"]  # muP's multipliers are part of what the weights compute
-ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + ATTENTION_KEYS + LEAN_KEYS + MUP_KEYS + MOE_ARCH_KEYS
+ARCH_KEYS = ["n_layer", "n_head", "n_embd", "bias"] + PRUNED_KEYS + ATTENTION_KEYS + LEAN_KEYS + MUP_KEYS + MOE_ARCH_KEYS
 # a fine-tune takes these from its base: the architecture, and the MoE training settings
 # (capacity, loss weights), which it may change
 INHERITED_KEYS = ARCH_KEYS + ["block_size", "moe_capacity_factor", "moe_eval_capacity_factor", "moe_aux_loss_coef",
@@ -419,9 +420,9 @@ def check_memory(cfg, vocab_size, device):
     C, L, T, B, V = mc.n_embd, mc.n_layer, mc.block_size, tc.batch_size, vocab_size
     Ls, E = mc.n_stored_blocks(), mc.emb_dim  # shared blocks are stored once; a factorized table is V x E
     n_moe = Ls // mc.moe_every if mc.moe_num_experts > 0 else 0  # GPTConfig.is_moe_block, counted without a loop
-    kv = mc.kv_heads() * (C // mc.n_head)  # grouped-query attention: narrower k and v projections
+    q, kv = mc.n_head * mc.head_size(), mc.kv_heads() * mc.head_size()  # q, and GQA's narrower k and v
     params = (V * E + E * C if E else V * C) + (T * C if mc.pos_emb == "learned" else 0)
-    params += Ls * (2 * C * C + 2 * C * kv) + (Ls - n_moe) * 8 * C * C
+    params += Ls * (2 * C * q + 2 * C * kv) + (Ls - n_moe) * 2 * C * (mc.mlp_hidden or 4 * C)
     params += n_moe * mc.moe_num_experts * 2 * C * mc.expert_hidden()
     per_param = 16 if cfg.peft.peft == "none" else 4
     activations = 4 * B * T * (C * L + V)
@@ -431,10 +432,11 @@ def check_memory(cfg, vocab_size, device):
     else:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
+        widths = "".join(f", {k}={getattr(mc, k)}" for k in PRUNED_KEYS if getattr(mc, k))  # a pruned model's
         moe = f", moe_num_experts={mc.moe_num_experts}, moe_hidden={mc.moe_hidden}" if n_moe else ""
         raise UserError(
             f"this run needs at least {_readable(need / 2**30, ',.1f')} GiB ({_readable(params, ',')} parameters "
-            f"at {per_param} bytes each for n_layer={L}, n_embd={C}, block_size={T}{moe}; activations of "
+            f"at {per_param} bytes each for n_layer={L}, n_embd={C}{widths}, block_size={T}{moe}; activations of "
             f"batch_size={B} x block_size={T}) but {device} has {have / 2**30:,.1f} GiB; make them smaller"
         )
 

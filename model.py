@@ -18,6 +18,7 @@ Options that keep the defaults GPT-2's model exactly (README, "Sparse attention"
     attention      full | sliding | blocksparse: which earlier positions a token sees (attention.py)
     n_kv_head      grouped-query attention (Ainslie et al. 2023): fewer key/value heads
     pos_emb        learned | rope (Su et al. 2021, `rope`) | none: positions in a table, a rotation, or not at all
+    mlp_hidden     the MLP's width (0: 4 * n_embd) and head_dim, each head's (0: n_embd / n_head): prune.py's cuts
     emb_dim        ALBERT's factorized embedding (Lan et al. 2019): a V x E table, an E x n_embd projection
     share_layers   all (ALBERT) | immediate (MobileLLM, Liu et al. 2024): blocks stored once, run at several layers
     mup            muP (Yang et al. 2022; the rules: mup.py): init, attention and readout scaled with n_embd /
@@ -65,6 +66,9 @@ class GPTConfig:
     attn_window: int = 128  # sliding: the last attn_window positions, itself included
     attn_block: int = 64  # blocksparse: block length
     attn_summary: int = 8  # blocksparse: the last attn_summary positions of each earlier block (0: blocks alone)
+    # the widths structured pruning (prune.py) shrinks; 0 = GPT-2's
+    mlp_hidden: int = 0  # the MLP's hidden width; 0 = 4 * n_embd
+    head_dim: int = 0  # each head's width; 0 = n_embd // n_head (q, k, v are n_head * head_dim wide, c_proj maps back)
     # parameter-lean attention (issue 13); the defaults are GPT-2's
     n_kv_head: int = 0  # key/value heads, dividing n_head: grouped-query attention; 1 = multi-query; 0 = n_head
     pos_emb: Literal["learned", "rope", "none"] = "learned"  # a position table, rotary (RoPE), or none (NoPE)
@@ -95,7 +99,7 @@ class GPTConfig:
                     "attn_block"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.n_embd % self.n_head != 0:
+        if not self.head_dim and self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
         if not 0 <= self.attn_summary <= self.attn_block:
             raise ValueError(f"attn_summary={self.attn_summary} must be in [0, attn_block={self.attn_block}]")
@@ -115,9 +119,9 @@ class GPTConfig:
             raise ValueError(f"rope_theta={self.rope_theta} must be > 0")
         if self.pos_emb not in ("learned", "rope", "none"):
             raise ValueError(f"pos_emb='{self.pos_emb}': use learned, rope or none")
-        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"pos_emb='rope' rotates pairs of dimensions: the head size n_embd / n_head = "
-                             f"{self.n_embd // self.n_head} must be even")
+        if self.pos_emb == "rope" and self.head_size() % 2:
+            raise ValueError(f"pos_emb='rope' rotates pairs of dimensions: the head size (head_dim, or n_embd / "
+                             f"n_head) = {self.head_size()} must be even")
         if self.mup and self.mup_base_width < 1:
             raise ValueError("mup=True needs mup_base_width: the n_embd whose tuned learning rate the others reuse "
                              "(e.g. --mup_base_width=128)")
@@ -129,7 +133,7 @@ class GPTConfig:
             raise ValueError(f"attention='{self.attention}': use one of {', '.join(KINDS)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-        for key in ("moe_num_experts", "moe_hidden", "moe_aux_loss_coef", "moe_z_loss_coef"):
+        for key in ("mlp_hidden", "head_dim", "moe_num_experts", "moe_hidden", "moe_aux_loss_coef", "moe_z_loss_coef"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
         for key in ("moe_capacity_factor", "moe_eval_capacity_factor", "moe_init_scale"):
@@ -152,17 +156,16 @@ class GPTConfig:
     def stored_block(self, i):
         """The stored block that runs as layer i (0-based): ALBERT's all-shared one, or
         MobileLLM's immediate repetition (layers i*r .. i*r+r-1 share stored block i)."""
-        if self.share_layers == "all":
-            return 0
-        if self.share_layers == "immediate":
-            return i // self.share_repeat
-        return i
+        return {"all": 0, "immediate": i // self.share_repeat}.get(self.share_layers, i)
 
     def n_stored_blocks(self):
         return self.stored_block(self.n_layer - 1) + 1
 
     def kv_heads(self):
         return self.n_kv_head or self.n_head
+
+    def head_size(self):
+        return self.head_dim or self.n_embd // self.n_head
 
     def width_mult(self):
         """muP's n_embd / mup_base_width (1.0 without muP): the factor its rules scale by."""
@@ -213,12 +216,12 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         # query, key and value for all heads in one matmul (with grouped-query attention,
-        # n_kv_head key and value heads), then the output projection
-        hs = config.n_embd // config.n_head
-        self.kv_dim = config.kv_heads() * hs
-        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim, bias=config.bias)
-        self.c_attn.part_sizes = (config.n_embd, self.kv_dim, self.kv_dim)  # q | k | v, for LoRA's c_attn[q,v]
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # n_kv_head key and value heads), then the output projection; q_dim = n_embd but in a pruned model
+        self.hs = config.head_size()
+        self.q_dim, self.kv_dim = config.n_head * self.hs, config.kv_heads() * self.hs
+        self.c_attn = nn.Linear(config.n_embd, self.q_dim + 2 * self.kv_dim, bias=config.bias)
+        self.c_attn.part_sizes = (self.q_dim, self.kv_dim, self.kv_dim)  # q | k | v, for LoRA's c_attn[q,v]
+        self.c_proj = nn.Linear(self.q_dim, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # marker: GPT-2's scaled init, see GPT._init_weights
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -235,11 +238,10 @@ class CausalSelfAttention(nn.Module):
         """(B, T, C) -> (B, T, C). cache (attention.KVCache, generation): an empty one takes
         x as the whole context from position 0; a filled one takes x as the next token."""
         B, T, C = x.size()  # batch, time, channels (n_embd)
-        q, k, v = self.c_attn(x).split((C, self.kv_dim, self.kv_dim), dim=2)
-        hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
-        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        q, k, v = self.c_attn(x).split((self.q_dim, self.kv_dim, self.kv_dim), dim=2)
+        q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, n_kv, T, hs)
         if self.rope_theta is not None:  # rotate q and k by their positions (the cache's tokens come first)
             start = cache.length if cache is not None else 0
             q, k = rope(q, start, self.rope_theta), rope(k, start, self.rope_theta)
@@ -258,7 +260,7 @@ class CausalSelfAttention(nn.Module):
             # flash attention (CUDA) / fused CPU kernel; on CUDA it applies dropout itself
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, self.q_dim)  # heads side by side again: (B, T, nh * hs)
         return dropout(self.c_proj(y), self.dropout, self.training)
 
     def _attention_with_dropout(self, q, k, v):
@@ -277,13 +279,14 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden or 4 * config.n_embd  # GPT-2's 4C, or what prune.py kept
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = config.dropout
 
     def forward(self, x):
-        x = F.gelu(self.c_fc(x))  # (B, T, 4C); exact erf GELU, as nanoGPT
+        x = F.gelu(self.c_fc(x))  # (B, T, 4C or mlp_hidden); exact erf GELU, as nanoGPT
         return dropout(self.c_proj(x), self.dropout, self.training)
 
 
@@ -486,7 +489,7 @@ class GPT(nn.Module):
         (Chowdhery et al. 2022, appendix B): 6N for the weight matmuls plus 12 * L * T * C for
         attention's two (T x T) matmuls, counting the masked half as most reports do."""
         N = self.get_num_params(active=True, executed=True)  # top_k experts; a shared block at every layer it runs
-        L, C = self.config.n_layer, self.config.n_embd
+        L, C = self.config.n_layer, self.config.n_head * self.config.head_size()  # n_embd, unless pruned
         return 6 * N + 12 * L * T * C
 
     @torch.no_grad()

@@ -65,6 +65,8 @@ LEGAL = {
     ("n_kv_head", "zero"): "0 means n_head: multi-head attention",
     ("rope_theta", "huge"): "a base so large that all but the first pair barely rotate",
     ("emb_dim", "zero"): "0 means no factorization",
+    ("mlp_hidden", "zero"): "0 means 4 * n_embd",
+    ("head_dim", "zero"): "0 means n_embd // n_head",
     ("keep_last", "huge"): "keep every checkpoint",
     ("ckpt_interval", "zero"): "save at evals only",
     ("ckpt_interval", "huge"): "no save between evals",
