@@ -31,7 +31,7 @@ import torch
 from errors import UserError
 from model import GPT, GPTConfig
 from peft import PEFTConfig, apply_peft, load_peft_state_dict
-from quant import make_quantized
+from quant import apply_qat, make_quantized
 from tokenizer import same_tokenizer
 
 PEFT_KEYS = [f.name for f in fields(PEFTConfig)]
@@ -343,7 +343,17 @@ def init_model(cfg, meta):
     config.Config whose dataset has the tokenizer meta. A fresh GPT (init_from=scratch);
     the run being resumed, from the newest checkpoint that loads (its "path" and
     "passed_over" added: find_checkpoint); or the weights of init_from, with PEFT surgery
-    on top when asked."""
+    on top when asked. With qat_bits, its Linear layers then train fake-quantized."""
+    model, ckpt, base = _init_model(cfg, meta)
+    if cfg.train.qat_bits:
+        try:
+            apply_qat(model, cfg.train.qat_bits, 0 if cfg.train.qat_bits == 8 else cfg.train.qat_group_size)
+        except ValueError as e:
+            raise UserError(f"qat_group_size={cfg.train.qat_group_size}: {e}") from None
+    return model, ckpt, base
+
+
+def _init_model(cfg, meta):
     tc, mc, pc, _ = cfg
     if tc.init_from == "scratch":
         return GPT(mc), None, None

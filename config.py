@@ -80,6 +80,9 @@ class TrainConfig:
     # a mixture of datasets (batches.MixtureWindows): off when empty
     datasets: str = ""  # 'name:weight,name:weight' (one tokenizer); replaces dataset; the first is val_loss's
     stages: str = ""  # datasets' weights from given steps on: 'ITER:name=w,name=w;ITER:...'
+    # quantization-aware training (quant.fake_quantize; README, "Compact models"): off at qat_bits = 0
+    qat_bits: int = 0  # train the blocks' Linear weights toward their int8 or int4 form (4 or 8; 0 = off)
+    qat_group_size: int = 32  # qat_bits=4: input columns per scale, as quantize.py --group_size (0: one per row)
     # fault tolerance (faults.py, checkpoint.py's rotation; README, "Long runs and preemption")
     keep_last: int = 2  # checkpoints kept: ckpt.pt (the newest) and ckpt-<iter>.pt for the ones before it
     ckpt_interval: int = 0  # also save every this many steps between evals (0: at evals only)
@@ -133,6 +136,10 @@ class TrainConfig:
             raise ValueError(f"curriculum_start_frac={self.curriculum_start_frac} must be in (0, 1]")
         if self.curriculum_iters < 1:
             raise ValueError(f"curriculum_iters={self.curriculum_iters} must be >= 1")
+        if self.qat_bits not in (0, 4, 8):
+            raise ValueError(f"qat_bits={self.qat_bits}: use 8 or 4 (0: no quantization-aware training)")
+        if not (self.qat_group_size >= 0 and self.qat_group_size % 2 == 0):
+            raise ValueError(f"qat_group_size={self.qat_group_size} must be even and >= 0 (0: one scale per row)")
         for key in ("keep_last", "spike_window"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1")
@@ -200,7 +207,7 @@ TRAIN_SETTING_OF = {"curriculum_start_len": ("curriculum", ("seqlen",)),
                     "curriculum_scorer": ("curriculum", ("difficulty", "anti")),
                     "curriculum_start_frac": ("curriculum", ("difficulty", "anti")),
                     "spike_factor": ("on_spike", ("rewind",)), "spike_window": ("on_spike", ("rewind",)),
-                    "max_rewinds": ("on_spike", ("rewind",))}
+                    "max_rewinds": ("on_spike", ("rewind",)), "qat_group_size": ("qat_bits", (4,))}
 MODEL_SETTING_OF = {"attn_window": ("attention", "sliding"), "attn_block": ("attention", "blocksparse"),
                     "attn_summary": ("attention", "blocksparse"), "share_repeat": ("share_layers", "immediate"),
                     "rope_theta": ("pos_emb", "rope"), "mup_base_width": ("mup", True)}
@@ -363,6 +370,9 @@ def validate(cfg, overrides):
         tc.device == "auto" and torch.cuda.is_available()
     ):
         raise UserError("dtype='float16' needs a CUDA GPU (fp16 with a GradScaler); on CPU use bfloat16 or float32")
+    if tc.qat_bits and (pc.peft != "none" or mc.moe_num_experts):
+        raise UserError(f"qat_bits={tc.qat_bits} fake-quantizes the blocks' plain Linear layers: not with "
+                        f"{'peft=' + pc.peft if pc.peft != 'none' else 'MoE experts'} (QLoRA is not built yet)")
     if tc.init_from not in ("scratch", "resume") and os.path.realpath(tc.init_from) == os.path.realpath(tc.out_dir):
         # the run's first checkpoint would replace the weights it starts from (and that a PEFT run's hash names)
         raise UserError(f"out_dir={tc.out_dir} is the folder of init_from={tc.init_from}: the run would overwrite "

@@ -59,12 +59,13 @@ def groups_of(w, group_size):
 
 def quantize_rtn(w, bits, group_size=0):
     """Round to nearest. w (N, K) float -> (codes (N, K) int8 in [-qmax, qmax], scales (N, K / g)
-    float32), scale = max |w| of the group / qmax (a zero group gets scale 1 and codes 0)."""
+    float32), scale = max |w| of the group / qmax (a zero group gets scale 1 and codes 0).
+    Past 8 bits (a check that QAT at 16 bits is plain training) the codes are int32."""
     wg = groups_of(w.float(), group_size)  # (N, G, g)
     scale = wg.abs().amax(dim=-1) / qmax(bits)  # (N, G)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(wg / scale[..., None]).clamp(-qmax(bits), qmax(bits)).to(torch.int8)
-    return codes.reshape(w.shape), scale
+    codes = torch.round(wg / scale[..., None]).clamp(-qmax(bits), qmax(bits))
+    return codes.to(torch.int8 if bits <= 8 else torch.int32).reshape(w.shape), scale  # wider codes: tests only
 
 
 def dequantize(codes, scale, group_size=0):
@@ -85,6 +86,45 @@ def unpack_int4(packed):
     lo = (packed & 0x0F).to(torch.int8) - 8
     hi = (packed >> 4).to(torch.int8) - 8
     return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], -1)  # interleave: lo0 hi0 lo1 hi1 ...
+
+
+def scale_dtype(bits, group_size):
+    """How the scales are stored: fp32 for one per row (N of them: nothing to save), fp16 for
+    groups (int4 at group 32: 0.5 of the 4.5 bits a weight costs)."""
+    return torch.float32 if group_size == 0 else torch.float16
+
+
+# ----------------------------------------------------------------------------------------
+# quantization-aware training
+
+
+def fake_quantize(w, bits, group_size):
+    """w as quantize.py would store it (round to nearest, scales in their stored dtype),
+    with a straight-through gradient (Bengio et al. 2013; Jacob et al. 2018, section 2.3):
+    forward the quantized weight, backward as if the rounding were the identity, so the fp32
+    weight keeps learning while the loss sees what the quantized model will compute."""
+    codes, scale = quantize_rtn(w.detach(), bits, group_size)
+    w_q = dequantize(codes, scale.to(scale_dtype(bits, group_size)), group_size)
+    return w + (w_q - w).detach()  # value w_q, gradient d/dw = 1
+
+
+class FakeQuantLinear(nn.Linear):
+    """An nn.Linear that computes with its weight fake-quantized (train.py's qat_bits). The
+    same parameters and state dict keys as the Linear it replaces, so its checkpoint loads
+    into a plain GPT, and quantize.py --method=rtn at the same format then gives exactly the
+    weights it trained with."""
+
+    def forward(self, x):
+        return F.linear(x, fake_quantize(self.weight, self.bits, self.group_size).to(x.dtype), self.bias)
+
+
+def apply_qat(model, bits, group_size):
+    """Turn every quantizable Linear of model into a FakeQuantLinear, in place (its
+    parameters stay the same tensors, so an optimizer built before or after sees them)."""
+    for name, m in quantizable(model):
+        groups_of(m.weight, group_size)  # a group size that does not divide the inputs: ValueError now
+        m.__class__, m.bits, m.group_size = FakeQuantLinear, bits, group_size
+    return model
 
 
 # ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from batches import RandomWindows, load_dataset
 from checkpoint import file_sha256, read_checkpoint, restore_model, save_checkpoint
 from errors import UserError, cli
-from quant import QuantLinear, gptq, input_hessian, quantizable, quantize_rtn, swap_in
+from quant import QuantLinear, gptq, input_hessian, quantizable, quantize_rtn, scale_dtype, swap_in
 
 
 def calibration(ckpt, n_batches, seed=0):
@@ -61,8 +61,8 @@ def quantize_model(model, bits, group_size, method, batches=None):
             codes, scale = gptq(w, input_hessian(layer_inputs(model, name, batches)), bits, group_size)
         else:
             codes, scale = quantize_rtn(w, bits, group_size)
-        scale_dtype = torch.float32 if bits == 8 and group_size == 0 else torch.float16
-        swap_in(model, name, QuantLinear.from_codes(codes, scale, bits, group_size, layer.bias, scale_dtype))
+        swap_in(model, name, QuantLinear.from_codes(codes, scale, bits, group_size, layer.bias,
+                                                    scale_dtype(bits, group_size)))
         names.append(name)
     return names
 
@@ -92,7 +92,7 @@ def quantize_run(run_dir, to_dir, bits, group_size, method, calib_batches):
         "meta": ckpt["meta"],
         "iter_num": ckpt["iter_num"],
         "quant": {"bits": bits, "group_size": group_size, "method": method, "layers": names,
-                  "scale_dtype": "float32" if bits == 8 and group_size == 0 else "float16",
+                  "scale_dtype": str(scale_dtype(bits, group_size)).removeprefix("torch."),
                   "calib_batches": calib_batches if method == "gptq" else 0},
         "quantized_from": {"run": os.path.abspath(run_dir), "sha256": file_sha256(src)},
     }

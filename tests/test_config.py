@@ -75,6 +75,8 @@ LEGAL = {
     ("spike_window", "huge"): "the mean never fills: only a non-finite loss is a spike",
     ("max_rewinds", "zero"): "stop at the first spike",
     ("max_rewinds", "huge"): "rewind at every spike",
+    ("qat_bits", "zero"): "no quantization-aware training",
+    ("qat_group_size", "zero"): "one scale per row",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
 CONTEXT = {
@@ -92,6 +94,7 @@ CONTEXT = {
     "kd_top_k": ["--soft_labels={cache}", "--kd_alpha=0.5", "--kd_tail=renorm"],
     "spike_": ["--on_spike=rewind"],
     "max_rewinds": ["--on_spike=rewind"],
+    "qat_group_size": ["--qat_bits=4"],
 }
 CASES = [(key, probe) for key, tp in config.FIELD_TYPES.items() if tp in PROBES for probe in PROBES[tp]]
 

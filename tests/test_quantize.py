@@ -159,3 +159,52 @@ def test_training_a_quantized_model_and_bad_flags_are_one_line_errors(run, char_
         assert code == 2 and err.count("\n") == 1 and words in err, (args, err)
     code, err = exit_code(quantize.main, [f"--out_dir={to}", f"--to={tmp_path / 'again'}"], capsys)
     assert code == 2 and "already quantized" in err
+
+
+# ----------------------------------------------------------------------------------------
+# quantization-aware training
+
+
+def test_fake_quantization_forwards_the_stored_weights_and_passes_gradients_straight_through():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(16, 32, generator=g, requires_grad=True)
+    for bits, group in ((4, 8), (8, 0)):
+        out = quant.fake_quantize(w, bits, group)
+        codes, scale = quantize_rtn(w.detach(), bits, group)
+        # the value: what quantize.py stores (scales in their stored dtype), dequantized
+        assert torch.equal(out, dequantize(codes, scale.to(quant.scale_dtype(bits, group)), group))
+        upstream = torch.randn(16, 32, generator=g)
+        (grad,) = torch.autograd.grad((out * upstream).sum(), w)
+        assert torch.equal(grad, upstream)  # the rounding's gradient taken as 1: straight through
+    # at 16 bits the fake quantization is all but the identity: a QAT step = a plain one
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40))
+    fake = quant.apply_qat(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40)), 16, 0)
+    fake.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 40, (2, 16), generator=g)
+    (lp, loss_p), (lf, loss_f) = plain(x, x), fake(x, x)
+    loss_p.backward()
+    loss_f.backward()
+    assert torch.allclose(lp, lf, atol=1e-4) and not torch.equal(lp, lf)
+    for (name, a), b in zip(plain.named_parameters(), fake.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_a_qat_run_quantizes_to_exactly_the_model_it_trained(char_dataset, tmp_path, capsys):
+    run, to = str(tmp_path / "qat"), str(tmp_path / "q4")
+    train.train(load_config(TINY + [f"--dataset={char_dataset}", f"--out_dir={run}", "--max_iters=20",
+                                    "--eval_interval=20", "--eval_iters=2", "--qat_bits=4", "--qat_group_size=8"]))
+    assert exit_code(quantize.main, [f"--out_dir={run}", f"--to={to}", "--bits=4", "--group_size=8"], capsys)[0] == 0
+    trained = restore_model(read_checkpoint(os.path.join(run, "ckpt.pt")), "test").eval()  # a plain GPT: fp32 masters
+    quant.apply_qat(trained, 4, 8)
+    quantized = restore_model(read_checkpoint(os.path.join(to, "ckpt.pt")), "test").eval()
+    x = torch.randint(0, trained.config.vocab_size, (2, 16))
+    assert torch.equal(trained(x)[0], quantized(x)[0])  # what QAT trained is what quantize.py ships
+    for args, words in [(["--qat_bits=3"], "qat_bits=3: use 8 or 4"),
+                        (["--qat_bits=4", "--qat_group_size=12"], "qat_group_size=12"),
+                        (["--qat_group_size=8"], "qat_group_size is a setting of qat_bits=4")]:
+        code, err = exit_code(train.main, TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'x'}",
+                                                  "--max_iters=1"] + args, capsys)
+        assert code == 2 and err.count("\n") == 1 and words in err, (args, err)
