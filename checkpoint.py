@@ -373,10 +373,10 @@ def _init_model(cfg, meta):
     if tc.init_from == "resume" and "optimizer" not in ckpt:
         raise UserError(f"{src} holds an exported checkpoint (no optimizer state), which cannot be resumed; "
                         f"fine-tune from it with --init_from={src} and another out_dir")
-    if "quant" in ckpt and not tc.eval_only:
-        raise UserError(f"{src} holds a quantized model (int{ckpt['quant']['bits']}, quantize.py): evaluate it "
-                        f"(--eval_only=True) or sample it; training a quantized base (QAT, QLoRA) is not built yet, "
-                        f"so fine-tune its source run ({ckpt['quantized_from']['run']})")
+    if "quant" in ckpt and not tc.eval_only and pc.peft != "lora":
+        raise UserError(f"{src} holds a quantized model (int{ckpt['quant']['bits']}, quantize.py): its weights are "
+                        f"codes that do not train. Evaluate it (--eval_only=True), sample it, put LoRA on it "
+                        f"(--peft=lora: QLoRA), or fine-tune its source run ({ckpt['quantized_from']['run']})")
     if tc.init_from != "resume" and "peft_base" in ckpt:
         raise UserError(
             f"{src} is a PEFT run: its ckpt.pt holds only PEFT tensors. Fine-tune from its base "

@@ -182,14 +182,16 @@ class LoRALinear(nn.Module):
         # rsLoRA: alpha / sqrt(r) keeps the update's scale from shrinking as r grows
         self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
         self.dropout = dropout
-        w = base.weight
+        # a quantized base (QLoRA: a layer with no fp32 weight, only codes) gets fp32 adapters
+        w = getattr(base, "weight", None)
+        device, dtype = (w.device, w.dtype) if w is not None else (next(base.buffers()).device, torch.float32)
         # the k parts' A matrices stacked: (k * r, in); their B matrices: (k, part_size, r)
-        self.lora_A = nn.Parameter(torch.empty(k * r, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_A = nn.Parameter(torch.empty(k * r, base.in_features, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_B = nn.Parameter(torch.zeros(k, part_size, r, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(k, part_size, r, device=device, dtype=dtype))
         # the output columns the update writes to, in the order of the flattened (k, part_size)
         cols = torch.cat([torch.arange(p * part_size, (p + 1) * part_size) for p in parts])
-        self.register_buffer("lora_cols", cols.to(w.device), persistent=False)
+        self.register_buffer("lora_cols", cols.to(device), persistent=False)
         self.covers_all = k == n_parts  # then lora_cols is 0..out-1 and a plain add does it
         self.merged = False
 
@@ -214,6 +216,8 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self):
+        if not hasattr(self.base, "weight"):
+            raise ValueError("a LoRA update cannot be folded into a quantized base (QLoRA): its weights are codes")
         if not self.merged:
             w = self.base.weight
             w.index_add_(0, self.lora_cols, self.delta_weight().to(w.dtype))
@@ -237,8 +241,11 @@ def apply_lora(model, targets="c_attn[q,v]", r=8, alpha=16.0, dropout=0.0, rslor
     wrapped: its update would change the embedding as well."""
     owners = tied_parameter_owners(model)
     wrapped = {f"{n}.base" for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in wrapped]
-    candidates = [n for n in linears if len(owners[id(model.get_submodule(n).weight)]) == 1]
+    # an nn.Linear, or a layer that says it computes like one (quant.QuantLinear: QLoRA's frozen base)
+    linears = [n for n, m in model.named_modules()
+               if (isinstance(m, nn.Linear) or getattr(m, "lora_wrappable", False)) and n not in wrapped]
+    candidates = [n for n in linears
+                  if len(owners.get(id(getattr(model.get_submodule(n), "weight", None)), [n])) == 1]
     tied = [n for n in linears if n not in candidates]
     chosen = {}  # name -> parts (None: the whole output)
     for pattern, parts in split_patterns(targets):
@@ -446,6 +453,9 @@ def merged_state_dict(model):
     out = {}
     for mname, m in model.named_modules():
         if isinstance(m, LoRALinear):
+            if not hasattr(m.base, "weight"):
+                raise ValueError("LoRA on a quantized base (QLoRA) cannot be merged: the base's weights are codes; "
+                                 "load base + LoRA instead (sample.py does)")
             w = m.base.weight.detach().clone()
             if not m.merged:
                 w.index_add_(0, m.lora_cols, m.delta_weight().to(w.dtype))

@@ -213,6 +213,7 @@ class QuantLinear(nn.Module):
         return dequantize(self.codes(), self.scale, self.group_size)
 
     KERNEL_ROWS = 16  # the int8 kernel pays for matrix-vector products only (README, "Compact models")
+    lora_wrappable = True  # peft.apply_lora may wrap it: LoRA on a frozen quantized base (QLoRA)
 
     def forward(self, x):
         rows = x.numel() // self.in_features

@@ -150,6 +150,7 @@ def test_training_a_quantized_model_and_bad_flags_are_one_line_errors(run, char_
     code, err = exit_code(train.main, TINY + [f"--dataset={char_dataset}", f"--init_from={to}",
                                               f"--out_dir={tmp_path / 'ft'}", "--max_iters=2"], capsys)
     assert code == 2 and err.count("\n") == 1 and "holds a quantized model (int8, quantize.py)" in err, err
+    assert "--peft=lora: QLoRA" in err
     for args, words in [(["--bits=3"], "--bits=3: use 8 or 4"), (["--method=awq"], "--method=awq: use rtn or gptq"),
                         (["--bits=4", "--group_size=7"], "--group_size=7 must be even and divide"),
                         ([f"--to={run}"], "--to must be another folder"),
@@ -208,3 +209,45 @@ def test_a_qat_run_quantizes_to_exactly_the_model_it_trained(char_dataset, tmp_p
         code, err = exit_code(train.main, TINY + [f"--dataset={char_dataset}", f"--out_dir={tmp_path / 'x'}",
                                                   "--max_iters=1"] + args, capsys)
         assert code == 2 and err.count("\n") == 1 and words in err, (args, err)
+
+
+# ----------------------------------------------------------------------------------------
+# QLoRA: LoRA on a frozen quantized base
+
+
+def test_qlora_trains_only_the_adapters_on_an_unchanged_int4_base(run, char_dataset, tmp_path, capsys):
+    import export
+    import sample
+    from checkpoint import file_sha256
+    from peft import LoRALinear
+
+    q4, out = str(tmp_path / "q4"), str(tmp_path / "qlora")
+    assert exit_code(quantize.main, [f"--out_dir={run}", f"--to={q4}", "--bits=4", "--group_size=8"], capsys)[0] == 0
+    base_file = os.path.join(q4, "ckpt.pt")
+    stored, sha = read_checkpoint(base_file)["model"], file_sha256(base_file)
+    train.train(load_config(TINY + [f"--dataset={char_dataset}", f"--init_from={q4}", f"--out_dir={out}",
+                                    "--peft=lora", "--lora_r=4", "--lora_targets=c_attn,c_fc", "--max_iters=10",
+                                    "--eval_interval=10", "--eval_iters=2", "--learning_rate=1e-2"]))
+    ckpt = read_checkpoint(os.path.join(out, "ckpt.pt"))
+    # the run holds the adapters alone, and names and hashes its quantized base, which is untouched
+    assert ckpt["model"] and all(k.endswith(("lora_A", "lora_B")) for k in ckpt["model"])
+    assert ckpt["peft_base"] == {"path": os.path.abspath(base_file), "sha256": sha} and file_sha256(base_file) == sha
+    model = restore_model(ckpt, "test").eval()
+    wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    assert len(wrapped) == 4 and all(isinstance(m.base, QuantLinear) for m in wrapped.values())
+    for name, m in wrapped.items():  # the base's codes and scales as quantize.py wrote them
+        assert torch.equal(m.base.qweight, stored[f"{name}.qweight"]) and torch.equal(m.base.scale, stored[f"{name}.scale"])
+        assert m.lora_B.abs().sum() > 0  # the adapters trained
+    # only the adapters trained: the optimizer held exactly their parameters
+    assert ckpt["config"]["trainable"]["trainable_params"] == sum(t.numel() for t in ckpt["model"].values())
+    assert sum(len(s) for s in ckpt["optimizer"]["state"].values()) and \
+        len(ckpt["optimizer"]["state"]) == len(ckpt["model"])
+    # with B = 0 the wrapped model computes exactly the quantized one
+    for m in wrapped.values():
+        m.lora_B.data.zero_()
+    quantized = restore_model(read_checkpoint(base_file), "test").eval()
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    assert torch.equal(model(x)[0], quantized(x)[0])
+    assert exit_code(sample.main, [f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=10"], capsys)[0] == 0
+    code, err = exit_code(export.main, [f"--out_dir={out}", f"--to={tmp_path / 'merged'}"], capsys)
+    assert code == 2 and "cannot be merged" in err, err
