@@ -2,7 +2,8 @@
 The PEFT experiment, end to end, as one table: pretrain a small GPT on tiny shakespeare
 without GLOUCESTER's and JULIET's speeches, then fine-tune it on GLOUCESTER's own speeches
 (36.5k characters; "personalization") with no fine-tuning, full fine-tuning, LoRA (r = 2,
-8, 32; on q,v or on every linear layer), adapters (2 sizes) and BitFit.
+8, 32; on q,v or on every linear layer), adapters (2 sizes) and BitFit; and QLoRA, LoRA r = 8
+on the base quantized to int4 (rows qlora-r8-qv, qlora-r8-all).
 
     python experiments/peft_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~15 min on 2 CPU cores
     python experiments/peft_experiment.py --rows full,lora-r8-qv       # some rows only (the base is reused)
@@ -57,6 +58,10 @@ ROWS = {
     "adapter-32": ["--peft=adapter", "--adapter_size=32", "--learning_rate=3e-3"],
     "bitfit": ["--peft=bitfit", "--learning_rate=3e-2"],
 }
+# QLoRA (Dettmers et al. 2023): the same LoRA rows on the base quantized to int4 (group 32, round to
+# nearest; quantize.py), frozen and dequantized on the fly
+INT4_BASE = os.path.join(ROOT, "base-int4")
+ROWS.update({f"q{name}": ROWS[name] + [f"--init_from={INT4_BASE}"] for name in ("lora-r8-qv", "lora-r8-all")})
 # each grid extended where its best rate was at an edge
 SCAN = {"full": [3e-5, 1e-4, 3e-4, 1e-3], "lora-r8-qv": [1e-3, 3e-3, 1e-2, 3e-2],
         "lora-r8-all": [3e-4, 1e-3, 3e-3, 1e-2], "adapter-8": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
@@ -199,6 +204,9 @@ def main(argv=None):
             results.append(base_row(ft_config))
             continue
         out_dir = os.path.join(ROOT, name)
+        if name.startswith("qlora") and not os.path.exists(os.path.join(INT4_BASE, "ckpt.pt")):
+            subprocess.run([sys.executable, "quantize.py", f"--out_dir={BASE}", f"--to={INT4_BASE}", "--bits=4",
+                            "--group_size=32"], cwd=REPO, check=True)
         train_run(name, out_dir, ROWS[name], "configs/peft_finetune.py", args.dtype)
         results.append(row_result(name, out_dir, ft_config))
 
