@@ -268,6 +268,9 @@ def prune_checkpoint(run_dir, to_dir, keep, what=("mlp", "heads"), kind="activat
     if "peft_base" in ckpt:
         raise UserError(f"{run_dir} is a PEFT run: its ckpt.pt holds only PEFT tensors. Export it first "
                         f"(python export.py --out_dir={run_dir} --to=DIR) and prune DIR")
+    if "quant" in ckpt:
+        raise UserError(f"{run_dir} is quantized: prune its source run ({ckpt['quantized_from']['run']}), "
+                        f"then quantize the pruned model")
     check_prunable(GPTConfig(**ckpt["model_config"]), what)
     model = restore_model(ckpt, "prune.py", dropout=0.0).eval()
     batches = None

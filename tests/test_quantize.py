@@ -160,6 +160,10 @@ def test_training_a_quantized_model_and_bad_flags_are_one_line_errors(run, char_
         assert code == 2 and err.count("\n") == 1 and words in err, (args, err)
     code, err = exit_code(quantize.main, [f"--out_dir={to}", f"--to={tmp_path / 'again'}"], capsys)
     assert code == 2 and "already quantized" in err
+    import prune
+
+    code, err = exit_code(prune.main, [f"--out_dir={to}", f"--to={tmp_path / 'pruned'}", "--keep=0.5"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is quantized: prune its source run" in err, err
 
 
 # ----------------------------------------------------------------------------------------
