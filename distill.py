@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from batches import AlignedWindows, load_dataset, tokens_sha256  # noqa: F401 (AlignedWindows: still importable from here)
+from batches import AlignedWindows, RandomWindows, load_dataset, tokens_sha256  # noqa: F401 (AlignedWindows: still importable from here)
 from checkpoint import file_sha256, read_checkpoint
 from errors import UserError, cli
 from model import GPT, GPTConfig
@@ -351,6 +351,68 @@ def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device=
     return meta
 
 
+# ----------------------------------------------------------------------------------------
+# judging generations: how likely the teacher finds a text
+
+
+@torch.no_grad()
+def teacher_log_likelihood(teacher, ids, n_prompt, batch_size=64):
+    """The teacher's mean log-probability per token of ids (a list of token ids) over the
+    positions t >= n_prompt (the generated ones), each token given the up to block_size
+    tokens before it: mean_t log p_teacher(x_t | x_<t). Higher is a text more like the
+    teacher's own; on the student's samples it measures what on-policy distillation trains
+    for (GKD, Agarwal et al. 2024), where val loss measures the data's contexts."""
+    T, x = teacher.config.block_size, torch.tensor(ids, dtype=torch.long)
+    n_prompt = max(n_prompt, 1)  # the first token has no context to be predicted from
+    head = x[:T][None]  # the first T tokens: one causal pass scores positions 1 .. T-1
+    logp = teacher(head)[0].log_softmax(-1)[0, :-1].gather(-1, head[0, 1:, None])[:, 0]  # (T-1,)
+    scores = [logp[n_prompt - 1:]]
+    later = list(range(max(T, n_prompt), len(x)))  # past one context: each token after its last T
+    for i in range(0, len(later), batch_size):
+        ts = torch.tensor(later[i:i + batch_size])
+        windows = x[ts[:, None] - T + torch.arange(T)]  # (b, T): x[t-T .. t-1]
+        last = teacher(windows)[0][:, -1].log_softmax(-1)  # (b, V)
+        scores.append(last.gather(-1, x[ts][:, None])[:, 0])
+    scores = torch.cat(scores)
+    return scores.mean().item(), len(scores)
+
+
+# ----------------------------------------------------------------------------------------
+# sequence-level KD: a corpus the teacher wrote
+
+
+@torch.no_grad()
+def generate_corpus(teacher_dir, out_dir, tokens, prompt_len=16, temperature=1.0, top_k=None, seed=1337,
+                    batch_size=32, dataset=None):
+    """Sequence-level KD (Kim & Rush 2016, section 3.2): the teacher continues prompts drawn
+    from its training data, and the prompts with their continuations become a dataset folder
+    (train.bin, val.bin, meta.json with the teacher's tokenizer) that a student trains on with
+    the ordinary loop. Each sample is prompt_len tokens of real text and block_size - prompt_len
+    generated ones, batched, seeded; samples are joined by a newline. Returns the meta."""
+    from tokenizer import prepare_dataset, tokenizer_from_meta
+
+    teacher_ckpt = read_checkpoint(os.path.join(teacher_dir, "ckpt.pt"), why="distill.py generate")
+    data, _, data_meta = load_dataset(dataset or teacher_ckpt["config"]["dataset"])
+    model, ckpt = load_teacher(teacher_dir, data_meta)  # refuses data of another tokenizer
+    T = ckpt["model_config"]["block_size"]
+    if not 0 < prompt_len < T:
+        raise ValueError(f"--prompt_len={prompt_len} must be in [1, block_size={T}): the rest is generated")
+    tok = tokenizer_from_meta(ckpt["meta"])
+    gen = torch.Generator().manual_seed(seed)
+    starts = RandomWindows(data, batch_size, prompt_len, "cpu", seed)  # its x: batch_size windows of prompt_len
+    samples, written = [], 0
+    while written < tokens:
+        prompts = starts.next()[0]  # (B, prompt_len) real tokens
+        out = model.generate(prompts, T - prompt_len, temperature=temperature, top_k=top_k, generator=gen)
+        for row in out.tolist():
+            samples.append(tok.decode(row))
+            written += len(row)
+    text = "\n".join(samples)
+    source = (f"teacher-generated: {os.path.abspath(teacher_dir)}, {len(samples)} samples of {prompt_len} prompt + "
+              f"{T - prompt_len} generated tokens, temperature {temperature}, top_k {top_k}, seed {seed}")
+    return prepare_dataset(text, out_dir, tokenizer=tok, source=source, verbose=False)
+
+
 @cli
 def main(argv=None):
     p = argparse.ArgumentParser(description="distillation steps that are not plain training")
@@ -363,7 +425,28 @@ def main(argv=None):
     c.add_argument("--tail_temperatures", default="1,2,4",
                    help="the T's at which to store the tail's mass, for kd_tail=bucket (comma-separated)")
     c.add_argument("--batch_size", type=int, default=32)
+    g = sub.add_parser("generate", help="a dataset the teacher wrote: sequence-level KD (Kim & Rush 2016)")
+    g.add_argument("--teacher", required=True, help="the teacher's run folder")
+    g.add_argument("--out", required=True, help="the dataset folder to write (train.bin, val.bin, meta.json)")
+    g.add_argument("--tokens", type=int, default=200_000, help="about this many tokens in all (default 200,000)")
+    g.add_argument("--prompt_len", type=int, default=16, help="real tokens each sample starts from")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top_k", type=int, default=0, help="sample from the top k tokens only (0: all)")
+    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--dataset", default=None, help="where the prompts come from (default: the teacher's dataset)")
+    g.add_argument("--batch_size", type=int, default=32)
     args = p.parse_args(argv)
+    if args.cmd == "generate":
+        if args.tokens < 1 or args.top_k < 0 or not args.temperature >= 0 or args.batch_size < 1:
+            raise UserError("--tokens and --batch_size must be >= 1, --top_k >= 0, --temperature >= 0")
+        try:
+            m = generate_corpus(args.teacher, args.out, args.tokens, args.prompt_len, args.temperature,
+                                args.top_k or None, args.seed, args.batch_size, args.dataset)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        print(f"wrote {args.out}: {m['train_tokens']:,} train and {m['val_tokens']:,} val tokens the teacher wrote "
+              f"(train a student on it: python train.py ... --dataset={args.out})")
+        return
     ckpt = read_checkpoint(os.path.join(args.teacher, "ckpt.pt"), why="distill.py cache")
     dataset = args.dataset or ckpt["config"]["dataset"]
     data, _, meta = load_dataset(dataset)

@@ -36,7 +36,8 @@ import torch
 from checkpoint import PEFT_KEYS, read_base_checkpoint, read_checkpoint, restore_model
 from errors import UserError, cli
 from peft import PEFTConfig, apply_peft, load_peft_state_dict
-from tokenizer import tokenizer_from_meta
+from distill import teacher_log_likelihood
+from tokenizer import same_tokenizer, tokenizer_from_meta
 
 
 def load_model(out_dir, device="cpu"):
@@ -118,6 +119,9 @@ def main(argv=None):
     p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--score_with", default=None,
+                   help="a run folder (a teacher): print its mean log-probability per generated token of each "
+                        "sample (distill.teacher_log_likelihood; higher = more like the teacher's own text)")
     p.add_argument("--kv_cache", default="True",
                    help="True (default): keep each layer's keys and values and run only the new token through "
                         "the model; False: recompute the whole context for every token, for comparison. "
@@ -148,6 +152,7 @@ def main(argv=None):
         runs = load_adapters([d for d in args.adapters.split(",") if d], args.device)
     else:
         runs = [(None, *load_model(args.out_dir, args.device))]
+    judge = load_model(args.score_with) if args.score_with else None  # (teacher, its tokenizer)
     for run_dir, model, tok in runs:
         try:
             texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
@@ -156,9 +161,18 @@ def main(argv=None):
             raise UserError(f"cannot encode the prompt: {e}") from None
         if run_dir is not None:
             print(f"=============== {run_dir}")
+        scores = []
         for text in texts:
             print(text)
+            if judge is not None:
+                if not same_tokenizer(judge[1].to_meta(), tok.to_meta()):
+                    raise UserError(f"--score_with={args.score_with} has another tokenizer than the sampled model")
+                score, n = teacher_log_likelihood(judge[0], tok.encode(text), len(tok.encode(start or EMPTY_PROMPT)))
+                scores.append(score)
+                print(f"[{args.score_with} log-likelihood per generated token: {score:.4f} over {n} tokens]")
             print("---------------")
+        if len(scores) > 1:
+            print(f"[mean over {len(scores)} samples: {sum(scores) / len(scores):.4f}]")
 
 
 if __name__ == "__main__":

@@ -356,3 +356,71 @@ def test_an_moe_student_logs_ce_kd_and_its_routing_losses_apart(teacher_run, cha
         # the logged loss is exactly the objective, from its logged parts; ce is the CE alone
         assert r["loss"] == pytest.approx(0.7 * r["kd"] + 0.3 * r["ce"] + r["moe_loss"], abs=1e-5)
         assert r["moe_loss"] > 0.5 and abs(r["loss"] - (0.7 * r["kd"] + 0.3 * (r["ce"] + r["moe_loss"]))) > 0.3
+
+
+# ----------------------------------------------------------------------------------------
+# sequence-level KD: distill.py generate
+
+
+def test_the_teacher_writes_a_dataset_a_student_trains_on(teacher_run, char_dataset, tmp_path, capsys):
+    from tokenizer import prepare_dataset, same_tokenizer, tokenizer_from_meta
+
+    out, again = str(tmp_path / "seqkd"), str(tmp_path / "again")
+    argv = ["generate", f"--teacher={teacher_run}", "--tokens=600", "--prompt_len=4", "--batch_size=8", "--seed=3"]
+    assert exit_code(distill.main, argv + [f"--out={out}"], capsys)[0] == 0
+    train_split, val_split, meta = load_dataset(out)  # counts, ids and meta.json all checked there
+    teacher_meta = torch.load(os.path.join(teacher_run, "ckpt.pt"), weights_only=True)["meta"]
+    assert same_tokenizer(meta, teacher_meta) and "teacher-generated" in meta["source"]
+    # 8 samples of 16 tokens per batch (4 real, 12 generated), joined by newlines: at least 600 tokens
+    assert len(train_split) + len(val_split) >= 600
+    # the first sample: the first seeded prompt (4 tokens of the data), then 12 the teacher wrote, then a newline
+    prompt = RandomWindows(load_dataset(char_dataset)[0], 8, 4, "cpu", 3).next()[0][0].tolist()
+    tok = tokenizer_from_meta(meta)
+    assert train_split[:4].tolist() == prompt and tok.decode(train_split[16:17].tolist()) == "\n"
+    # seeded: the same corpus again, byte for byte
+    assert exit_code(distill.main, argv + [f"--out={again}"], capsys)[0] == 0
+    for f in ("train.bin", "val.bin"):
+        assert open(os.path.join(out, f), "rb").read() == open(os.path.join(again, f), "rb").read()
+    run(["--max_iters=2", "--eval_interval=2"], str(tmp_path / "student"), out)  # the ordinary loop trains on it
+    # a prompt dataset of another tokenizer is refused in one line
+    other = str(tmp_path / "other")
+    prepare_dataset("abc def\n" * 400, other, tokenizer="char", verbose=False)
+    code, err = exit_code(distill.main, argv + [f"--out={tmp_path / 'x'}", f"--dataset={other}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "another vocabulary" in err, err
+    code, err = exit_code(distill.main, ["generate", f"--teacher={teacher_run}", f"--out={tmp_path / 'y'}",
+                                         "--prompt_len=16"], capsys)
+    assert code == 2 and "--prompt_len=16 must be in [1, block_size=16)" in err, err
+
+
+# ----------------------------------------------------------------------------------------
+# judging generations: the teacher's log-likelihood of a text
+
+
+def test_teacher_log_likelihood_equals_a_plain_loop_and_ranks_the_teachers_text_above_noise(teacher_run, capsys):
+    from checkpoint import read_checkpoint, restore_model
+    from model import GPT
+
+    teacher = restore_model(read_checkpoint(os.path.join(teacher_run, "ckpt.pt")), "test", dropout=0.0).eval()
+    T, V = teacher.config.block_size, teacher.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, V, (2 * T + 5,), generator=g).tolist()  # longer than one context
+    got, n = distill.teacher_log_likelihood(teacher, ids, n_prompt=3, batch_size=4)
+    want = []
+    with torch.no_grad():
+        for t in range(3, len(ids)):  # each token given at most the T before it, one forward each
+            ctx = torch.tensor(ids[max(0, t - T):t])[None]
+            want.append(teacher(ctx)[0][0, -1].log_softmax(-1)[ids[t]].item())
+    assert n == len(want) and got == pytest.approx(sum(want) / len(want), abs=1e-5)
+    # the teacher's own (greedy) text scores higher than an untrained model's of its shape (this
+    # teacher trained 20 steps: its sampled text is still close to noise)
+    torch.manual_seed(1)
+    noise_model = GPT(teacher.config).eval()
+    prompt = torch.tensor([[ids[0]]])
+    own, noise = (distill.teacher_log_likelihood(teacher, m.generate(prompt, 3 * T, temperature=0)[0].tolist(), 1)[0]
+                  for m in (teacher, noise_model))
+    assert own > noise + 0.1, (own, noise)
+    import sample
+
+    code, _ = exit_code(sample.main, [f"--out_dir={teacher_run}", f"--score_with={teacher_run}", "--num_samples=2",
+                                      "--max_new_tokens=20"], capsys)
+    assert code == 0
