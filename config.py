@@ -370,6 +370,9 @@ def validate(cfg, overrides):
         tc.device == "auto" and torch.cuda.is_available()
     ):
         raise UserError("dtype='float16' needs a CUDA GPU (fp16 with a GradScaler); on CPU use bfloat16 or float32")
+    if cfg.kd.kd_on_policy and cfg.kd.kd_rollout_len > mc.block_size:
+        raise UserError(f"kd_rollout_len={cfg.kd.kd_rollout_len} leaves no prompt in a window of "
+                        f"block_size={mc.block_size}: use kd_rollout_len <= {mc.block_size}")
     if tc.qat_bits and (pc.peft != "none" or mc.moe_num_experts):
         raise UserError(f"qat_bits={tc.qat_bits} fake-quantizes the blocks' plain Linear layers: not with "
                         f"{'peft=' + pc.peft if pc.peft != 'none' else 'MoE experts'} (QLoRA is not built yet)")

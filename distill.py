@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,6 +79,9 @@ class KDConfig:
     kd_jsd_beta: float = 0.5  # jsd: the mixture weight of the teacher
     kd_top_k: int = 0  # soft_labels: use the cache's top kd_top_k logits per position (0 = all it holds)
     kd_tail: Literal["bucket", "renorm"] = "bucket"  # soft_labels: the mass past the top k as one "other" outcome, or dropped
+    # on-policy distillation (GKD, Agarwal et al. 2024): a fraction of the micro-batches are the student's own text
+    kd_on_policy: float = 0.0  # lambda: the share of micro-batches that are student rollouts scored by the teacher
+    kd_rollout_len: int = 32  # tokens the student generates after each prompt (the rest of the window is the prompt)
 
     def __post_init__(self):
         # written as "not (inside the domain)", so that a NaN fails too
@@ -93,6 +97,13 @@ class KDConfig:
             raise ValueError(f"kd_jsd_beta={self.kd_jsd_beta} must be in (0, 1)")
         if self.kd_top_k < 0:
             raise ValueError(f"kd_top_k={self.kd_top_k} must be >= 0")
+        if not 0.0 <= self.kd_on_policy <= 1.0:
+            raise ValueError(f"kd_on_policy={self.kd_on_policy} must be in [0, 1] (the share of on-policy micro-batches)")
+        if self.kd_on_policy > 0 and not self.teacher:
+            raise ValueError(f"kd_on_policy={self.kd_on_policy} needs an online teacher (--teacher=<run folder>): "
+                             f"a soft-label cache holds the data's contexts, not the student's own text")
+        if self.kd_rollout_len < 1:
+            raise ValueError(f"kd_rollout_len={self.kd_rollout_len} must be >= 1")
 
 
 # ----------------------------------------------------------------------------------------
@@ -205,6 +216,20 @@ class OnlineTeacher:
         with torch.no_grad():  # the teacher's forward only: the KD loss itself must reach the student
             teacher_logits, _ = self.model(x)
         return kd_loss(student_logits, teacher_logits, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1)
+
+    def on_policy_batch(self, run_model, x, y, k, cfg, terms=None):
+        """(x, y, True) with x, y the student's rollout from micro-batch k's windows when k is an
+        on-policy turn (kd_on_policy), else (x, y, False) as they came. The rollout's seconds
+        go to terms["rollout_s"], apart from the update's."""
+        if not on_policy_turn(k, cfg.kd_on_policy):
+            return x, y, False
+        student = getattr(run_model, "module", run_model)  # DDP's wrapped module
+        student = getattr(student, "_orig_mod", student)  # torch.compile's
+        t0 = time.perf_counter()
+        x, y = rollout(student, x, cfg.kd_rollout_len)
+        if terms is not None:
+            terms["rollout_s"] = terms.get("rollout_s", 0.0) + torch.tensor(time.perf_counter() - t0)
+        return x, y, True
 
 
 class CachedTeacher:
@@ -349,6 +374,38 @@ def build_cache(teacher_dir, data, data_meta, out_dir, k, batch_size=32, device=
         json.dump(meta, f, indent=1)
     os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
     return meta
+
+
+# ----------------------------------------------------------------------------------------
+# on-policy distillation: the student's own text, scored by the teacher
+
+
+def on_policy_turn(k, share):
+    """Whether micro-batch number k (counted over the whole run) is a rollout: a share of
+    them, spread evenly and decided by k alone, so a resumed run chooses as the first did."""
+    return math.floor((k + 1) * share) > math.floor(k * share)
+
+
+@torch.no_grad()
+def rollout(student, x, rollout_len):
+    """The student's own text as a training batch (GKD, Agarwal et al. 2024, Algorithm 1):
+    the first T + 1 - rollout_len tokens of each window x (B, T) are kept as the prompt, the
+    student samples rollout_len tokens after it (temperature 1, the global RNG, which
+    checkpoints save: a resumed run samples the same), and the result comes back as (x, y)
+    like any batch, with y = -1 wherever the target is still prompt, so that the loss covers
+    the generated tokens only. No gradient flows through the sampling."""
+    B, T = x.shape
+    prompt_len = T + 1 - rollout_len
+    if prompt_len < 1:
+        raise ValueError(f"kd_rollout_len={rollout_len} leaves no prompt in a window of block_size={T}: "
+                         f"use kd_rollout_len <= {T}")
+    was_training = student.training
+    student.eval()  # sampling without dropout
+    seq = student.generate(x[:, :prompt_len], rollout_len)  # (B, T + 1)
+    student.train(was_training)
+    x_new, y_new = seq[:, :-1].clone(), seq[:, 1:].clone()
+    y_new[:, :prompt_len - 1] = -1  # targets inside the prompt: not the student's text
+    return x_new, y_new
 
 
 # ----------------------------------------------------------------------------------------

@@ -107,14 +107,19 @@ def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teache
         last = micro == accumulation_steps - 1
         with (run_model.no_sync() if hasattr(run_model, "no_sync") and not last else nullcontext()):
             x, y = windows.next()
+            on_policy = False
+            if teacher is not None and kd.kd_on_policy > 0:  # GKD: some micro-batches are the student's own text
+                k = getattr(windows, "it", 0) * accumulation_steps + micro  # this micro-batch's number in the run
+                x, y, on_policy = teacher.on_policy_batch(run_model, x, y, k, kd, terms)
             with ctx:
                 if teacher is None:
                     logits, loss = run_model(x, y)
                 else:
                     logits, parts = run_model(x, y, loss_parts=True)
                     kd_term = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), kd)
-                    # Hinton's mix weights two views of the target; the MoE losses are not about the target
-                    loss = kd.kd_alpha * kd_term + (1.0 - kd.kd_alpha) * parts["ce"]
+                    # Hinton's mix weights two views of the target; the MoE losses are not about the target.
+                    # On the student's own text the divergence alone (its tokens are no target to copy)
+                    loss = kd_term if on_policy else kd.kd_alpha * kd_term + (1.0 - kd.kd_alpha) * parts["ce"]
                     if "aux" in parts:
                         loss = loss + parts["aux"]
                     if terms is not None:

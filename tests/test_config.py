@@ -76,6 +76,7 @@ LEGAL = {
     ("max_rewinds", "zero"): "stop at the first spike",
     ("max_rewinds", "huge"): "rewind at every spike",
     ("qat_bits", "zero"): "no quantization-aware training",
+    ("kd_on_policy", "zero"): "off-policy distillation, as before",
     ("qat_group_size", "zero"): "one scale per row",
 }
 # settings under which a key matters, so that a refusal is about the key and not its context
@@ -95,6 +96,8 @@ CONTEXT = {
     "spike_": ["--on_spike=rewind"],
     "max_rewinds": ["--on_spike=rewind"],
     "qat_group_size": ["--qat_bits=4"],
+    "kd_on_policy": ["--teacher={base}"],
+    "kd_rollout_len": ["--teacher={base}", "--kd_on_policy=0.5"],
 }
 CASES = [(key, probe) for key, tp in config.FIELD_TYPES.items() if tp in PROBES for probe in PROBES[tp]]
 

@@ -424,3 +424,82 @@ def test_teacher_log_likelihood_equals_a_plain_loop_and_ranks_the_teachers_text_
     code, _ = exit_code(sample.main, [f"--out_dir={teacher_run}", f"--score_with={teacher_run}", "--num_samples=2",
                                       "--max_new_tokens=20"], capsys)
     assert code == 0
+
+
+# ----------------------------------------------------------------------------------------
+# on-policy distillation (kd_on_policy)
+
+
+def test_on_policy_turns_take_their_share_decided_by_the_count_alone():
+    for share, want in ((0.0, 0), (0.25, 25), (0.5, 50), (1.0, 100)):
+        turns = [distill.on_policy_turn(k, share) for k in range(100)]
+        assert sum(turns) == want
+        assert turns == [distill.on_policy_turn(k, share) for k in range(100)]
+
+
+def test_a_rollout_keeps_the_prompt_masks_it_and_carries_no_gradient(teacher_run):
+    from checkpoint import read_checkpoint, restore_model
+
+    student = restore_model(read_checkpoint(os.path.join(teacher_run, "ckpt.pt")), "test", dropout=0.1).train()
+    x = torch.randint(0, student.config.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    xr, yr = distill.rollout(student, x, rollout_len=6)
+    torch.manual_seed(5)
+    again = distill.rollout(student, x, rollout_len=6)
+    assert torch.equal(xr, again[0]) and torch.equal(yr, again[1])  # the global RNG: seeded, so resumable
+    P = 16 + 1 - 6  # prompt tokens
+    assert xr.shape == yr.shape == (3, 16) and torch.equal(xr[:, :P], x[:, :P])  # the prompt, as it was
+    assert (yr[:, :P - 1] == -1).all() and (yr[:, P - 1:] >= 0).all()  # targets: the 6 generated tokens only
+    assert torch.equal(yr[:, P - 1:-1], xr[:, P:])  # y is x shifted by one
+    assert not xr.requires_grad and student.training  # no graph through sampling; train mode restored
+    with pytest.raises(ValueError, match="kd_rollout_len=17 leaves no prompt"):
+        distill.rollout(student, x, rollout_len=17)
+
+
+def test_the_on_policy_loss_is_the_per_token_reverse_kl_on_the_generated_positions(teacher_run):
+    from checkpoint import read_checkpoint, restore_model
+
+    teacher = restore_model(read_checkpoint(os.path.join(teacher_run, "ckpt.pt")), "test", dropout=0.0).eval()
+    torch.manual_seed(0)
+    student = restore_model(read_checkpoint(os.path.join(teacher_run, "ckpt.pt")), "test", dropout=0.0)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a student that differs from its teacher
+    x = torch.randint(0, teacher.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    xr, yr = distill.rollout(student, x, rollout_len=5)
+    kd = distill.KDConfig(teacher=teacher_run, kd_loss="reverse_kl", kd_on_policy=1.0)
+    got = distill.OnlineTeacher(teacher).loss(student(xr)[0], xr, yr, None, kd)
+    s_logits, t_logits = student(xr)[0], teacher(xr)[0]
+    terms = []
+    for b in range(2):  # a plain loop over the generated positions: KL(p_s || p_t)
+        for t in range(16):
+            if yr[b, t] != -1:
+                ps, pt = s_logits[b, t].softmax(-1), t_logits[b, t].softmax(-1)
+                terms.append((ps * (ps.log() - pt.log())).sum())
+    assert len(terms) == 2 * 5 and got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_on_policy_training_resumes_exactly_and_zero_is_off_policy(teacher_run, char_dataset, tmp_path):
+    def losses(out):
+        import json
+
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            return [(r["iter"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+    common = [f"--teacher={teacher_run}", "--kd_alpha=0.5", "--kd_loss=reverse_kl",
+              "--eval_interval=3", "--log_interval=1", "--warmup_iters=1", "--lr_decay_iters=6",
+              "--gradient_accumulation_steps=2", "--dropout=0.1"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run(common + ["--kd_on_policy=0.5", "--kd_rollout_len=6", "--max_iters=6"], straight, char_dataset)
+    run(common + ["--kd_on_policy=0.5", "--kd_rollout_len=6", "--max_iters=3"], split, char_dataset)
+    run(["--init_from=resume", "--max_iters=6"], split, char_dataset)
+    assert losses(split) == losses(straight)  # the rollouts' sampling resumes exactly too
+    off, zero = str(tmp_path / "off"), str(tmp_path / "zero")
+    run(common + ["--max_iters=3"], off, char_dataset)
+    run(common + ["--kd_on_policy=0", "--max_iters=3"], zero, char_dataset)
+    assert losses(zero) == losses(off) != losses(straight)[:3]
+    with pytest.raises(UserError, match="kd_on_policy=0.5 needs an online teacher"):
+        load_config(TINY + [f"--dataset={char_dataset}", "--kd_on_policy=0.5"])
+    with pytest.raises(UserError, match="kd_rollout_len=40 leaves no prompt"):
+        load_config(TINY + [f"--dataset={char_dataset}", f"--teacher={teacher_run}", "--kd_on_policy=0.5",
+                            "--kd_rollout_len=40"])
