@@ -334,6 +334,19 @@ class MixtureWindows:
         return buf[:, :-1], buf[:, 1:]
 
 
+def calibration_batches(dataset, meta, batch_size, block_size, n, seed):
+    """n seeded (batch_size, block_size) input windows of a dataset's training split, for the
+    tools that measure a trained model on a sample of its data (prune.py's importance,
+    quantize.py's GPTQ). meta: the model's tokenizer, which the data must share."""
+    train_split, _, data_meta = load_dataset(dataset)
+    differ = [k for k in TOKENIZER_KEYS if meta.get(k) != data_meta.get(k)]
+    if differ:
+        raise UserError(f"dataset '{dataset}' has another tokenizer than the checkpoint ({', '.join(differ)} "
+                        f"differ); give the run's own with --dataset")
+    windows = RandomWindows(train_split, batch_size, block_size, "cpu", seed)
+    return [windows.next()[0] for _ in range(n)]
+
+
 # ----------------------------------------------------------------------------------------
 # train.py's choice
 

@@ -448,8 +448,9 @@ def generate_corpus(teacher_dir, out_dir, tokens, prompt_len=16, temperature=1.0
     generated ones, batched, seeded; samples are joined by a newline. Returns the meta."""
     from tokenizer import prepare_dataset, tokenizer_from_meta
 
-    teacher_ckpt = read_checkpoint(os.path.join(teacher_dir, "ckpt.pt"), why="distill.py generate")
-    data, _, data_meta = load_dataset(dataset or teacher_ckpt["config"]["dataset"])
+    if dataset is None:  # the teacher's own data: its config, without reading its tensors
+        dataset = read_checkpoint(os.path.join(teacher_dir, "ckpt.pt"), "distill.py generate", mmap=True)["config"]["dataset"]
+    data, _, data_meta = load_dataset(dataset)
     model, ckpt = load_teacher(teacher_dir, data_meta)  # refuses data of another tokenizer
     T = ckpt["model_config"]["block_size"]
     if not 0 < prompt_len < T:

@@ -56,11 +56,10 @@ from dataclasses import asdict
 import torch
 from torch.nn import functional as F
 
-from batches import RandomWindows, load_dataset
+from batches import calibration_batches
 from checkpoint import read_checkpoint, restore_model, save_checkpoint
 from errors import UserError, cli
 from model import GPT, GPTConfig
-from tokenizer import same_tokenizer
 
 DIMENSIONS = ("mlp", "heads", "embd", "depth")
 KINDS = ("activation", "magnitude")
@@ -246,17 +245,6 @@ def prune_model(model, kept):
 
 # ----------------------------------------------------------------------------------------
 # a run folder in, a pruned folder out
-
-
-def calibration_batches(dataset, meta, batch_size, block_size, n, seed):
-    """n seeded (batch_size, block_size) windows of the dataset's training split (Minitron
-    calibrates on a small sample of the training data)."""
-    train_split, _, data_meta = load_dataset(dataset)
-    if not same_tokenizer(data_meta, meta):
-        raise UserError(f"dataset '{dataset}' has another tokenizer than the checkpoint; give the run's own "
-                        f"with --dataset")
-    windows = RandomWindows(train_split, batch_size, block_size, "cpu", seed)
-    return [windows.next()[0] for _ in range(n)]
 
 
 def prune_checkpoint(run_dir, to_dir, keep, what=("mlp", "heads"), kind="activation", calib_batches=32,

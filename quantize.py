@@ -23,18 +23,10 @@ import os
 
 import torch
 
-from batches import RandomWindows, load_dataset
+from batches import calibration_batches
 from checkpoint import file_sha256, read_checkpoint, restore_model, save_checkpoint
 from errors import UserError, cli
 from quant import QuantLinear, gptq, input_hessian, quantizable, quantize_rtn, scale_dtype, swap_in
-
-
-def calibration(ckpt, n_batches, seed=0):
-    """n_batches (x, y) batches of the run's training split, drawn as training draws them."""
-    cfg = ckpt["config"]
-    train, _, _ = load_dataset(cfg["dataset"])
-    windows = RandomWindows(train, cfg["batch_size"], ckpt["model_config"]["block_size"], "cpu", seed)
-    return [windows.next() for _ in range(n_batches)]
 
 
 @torch.no_grad()
@@ -43,7 +35,7 @@ def layer_inputs(model, name, batches):
     seen = []
     hook = model.get_submodule(name).register_forward_hook(lambda m, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1])))
     try:
-        for x, _ in batches:
+        for x in batches:
             model(x)
     finally:
         hook.remove()
@@ -83,7 +75,9 @@ def quantize_run(run_dir, to_dir, bits, group_size, method, calib_batches):
         raise UserError(f"--group_size={group_size} must be even and divide every layer's inputs ({sorted(k_in)})")
     if bits == 4 and any(k % 2 for k in k_in):
         raise UserError(f"int4 packs two columns per byte: every layer's inputs must be even ({sorted(k_in)})")
-    batches = calibration(ckpt, calib_batches) if method == "gptq" else None
+    cfg = ckpt["config"]  # GPTQ's calibration: windows of the run's own training data, drawn as it drew them
+    batches = calibration_batches(cfg["dataset"], ckpt["meta"], cfg["batch_size"], model.config.block_size,
+                                  calib_batches, seed=0) if method == "gptq" else None
     names = quantize_model(model, bits, group_size, method, batches)
     out = {
         "model": model.state_dict(),

@@ -154,6 +154,8 @@ def main(argv=None):
         runs = [(None, *load_model(args.out_dir, args.device))]
     judge = load_model(args.score_with) if args.score_with else None  # (teacher, its tokenizer)
     for run_dir, model, tok in runs:
+        if judge is not None and not same_tokenizer(judge[1].to_meta(), tok.to_meta()):
+            raise UserError(f"--score_with={args.score_with} has another tokenizer than the sampled model")
         try:
             texts = generate_text(model, tok, start, args.num_samples, args.max_new_tokens, args.temperature,
                                   args.top_k or None, args.seed, args.device, kv_cache)
@@ -161,13 +163,12 @@ def main(argv=None):
             raise UserError(f"cannot encode the prompt: {e}") from None
         if run_dir is not None:
             print(f"=============== {run_dir}")
+        n_prompt = len(tok.encode(start or EMPTY_PROMPT))
         scores = []
         for text in texts:
             print(text)
             if judge is not None:
-                if not same_tokenizer(judge[1].to_meta(), tok.to_meta()):
-                    raise UserError(f"--score_with={args.score_with} has another tokenizer than the sampled model")
-                score, n = teacher_log_likelihood(judge[0], tok.encode(text), len(tok.encode(start or EMPTY_PROMPT)))
+                score, n = teacher_log_likelihood(judge[0], tok.encode(text), n_prompt)
                 scores.append(score)
                 print(f"[{args.score_with} log-likelihood per generated token: {score:.4f} over {n} tokens]")
             print("---------------")

@@ -492,7 +492,7 @@ def main(argv=None):
     except Preempted as e:  # a stop signal, after its checkpoint
         sys.exit(128 + e.signum)
     except (KeyboardInterrupt, Interrupted) as e:  # before the loop, or a second signal: no new checkpoint
-        print(f"\ninterrupted: the last checkpoint written is intact", file=sys.stderr)
+        print("\ninterrupted: the last checkpoint written is intact", file=sys.stderr)
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
 
 

@@ -53,7 +53,7 @@ def interrupted(out, iters, dtype, signum):
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    t0, latencies, redone, cut_iters, logged = time.perf_counter(), [], 0, [], 0
+    t0, latencies, redone, cut_iters = time.perf_counter(), [], 0, []
     for i, frac in enumerate(CUTS + (None,)):
         log = open(os.path.join(os.path.dirname(out), f"{os.path.basename(out)}-{i}.log"), "w")
         proc = subprocess.Popen(command(out, iters, dtype, resume=i > 0), cwd=REPO, stdout=log,
@@ -66,7 +66,6 @@ def interrupted(out, iters, dtype, signum):
             if proc.poll() is not None:
                 raise SystemExit(f"train.py ended early ({proc.returncode}): see {log.name}")
             time.sleep(0.01)
-        logged = steps_logged(out)
         sent = time.perf_counter()
         proc.send_signal(signum)
         code = proc.wait()

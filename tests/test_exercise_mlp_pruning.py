@@ -3,7 +3,6 @@ started, and names each planted mistake in its hints."""
 
 from types import SimpleNamespace
 
-import torch
 
 from exercises.__main__ import grade
 from exercises.graders import mlp_pruning as grader

@@ -3,7 +3,6 @@ finds the untouched stub not started, and names each planted mistake in its hint
 
 from types import SimpleNamespace
 
-import torch
 
 from exercises.__main__ import grade
 from exercises.graders import rope_gqa as grader

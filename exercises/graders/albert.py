@@ -2,7 +2,7 @@
 emb_proj, and its tied head GPT.logits) and GPTConfig.stored_block."""
 
 import torch
-import torch.nn.functional as F
+
 from exercises.graders import call
 
 
