@@ -55,9 +55,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
-from batches import AlignedWindows, RandomWindows, load_dataset, tokens_sha256  # noqa: F401 (AlignedWindows: still importable from here)
+from batches import AlignedWindows, RandomWindows, load_dataset, tokens_sha256, windows_at  # noqa: F401 (AlignedWindows: still importable from here)
 from checkpoint import file_sha256, read_checkpoint
 from errors import UserError, cli
 from model import GPT, GPTConfig
@@ -82,6 +83,7 @@ class KDConfig:
     # on-policy distillation (GKD, Agarwal et al. 2024): a fraction of the micro-batches are the student's own text
     kd_on_policy: float = 0.0  # lambda: the share of micro-batches that are student rollouts scored by the teacher
     kd_rollout_len: int = 32  # tokens the student generates after each prompt (the rest of the window is the prompt)
+    kd_prompts: str = ""  # a dataset whose training split gives the rollouts' prompts ("": the micro-batch's own windows)
 
     def __post_init__(self):
         # written as "not (inside the domain)", so that a NaN fails too
@@ -104,6 +106,8 @@ class KDConfig:
                              f"a soft-label cache holds the data's contexts, not the student's own text")
         if self.kd_rollout_len < 1:
             raise ValueError(f"kd_rollout_len={self.kd_rollout_len} must be >= 1")
+        if self.kd_prompts and not self.kd_on_policy > 0:
+            raise ValueError(f"kd_prompts={self.kd_prompts} gives prompts to rollouts: it needs kd_on_policy > 0")
 
 
 # ----------------------------------------------------------------------------------------
@@ -207,10 +211,12 @@ def load_teacher(run_dir, data_meta, device="cpu"):
 
 
 class OnlineTeacher:
-    """Runs the teacher on each student batch (under the student's autocast)."""
+    """Runs the teacher on each student batch (under the student's autocast). prompts: the
+    training tokens that on-policy rollouts start from (kd_prompts), or None for the
+    micro-batch's own windows; seed: where their windows are drawn."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, prompts=None, seed=0):
+        self.model, self.prompts, self.seed = model, prompts, seed
 
     def loss(self, student_logits, x, y, starts, cfg):
         with torch.no_grad():  # the teacher's forward only: the KD loss itself must reach the student
@@ -218,14 +224,22 @@ class OnlineTeacher:
         return kd_loss(student_logits, teacher_logits, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1)
 
     def on_policy_batch(self, run_model, x, y, k, cfg, terms=None):
-        """(x, y, True) with x, y the student's rollout from micro-batch k's windows when k is an
-        on-policy turn (kd_on_policy), else (x, y, False) as they came. The rollout's seconds
-        go to terms["rollout_s"], apart from the update's."""
+        """(x, y, True) with x, y the student's rollout from micro-batch k's windows (or from
+        windows of kd_prompts) when k is an on-policy turn (kd_on_policy), else (x, y, False)
+        as they came. The rollout's seconds go to terms["rollout_s"], apart from the update's."""
         if not on_policy_turn(k, cfg.kd_on_policy):
             return x, y, False
         student = getattr(run_model, "module", run_model)  # DDP's wrapped module
         student = getattr(student, "_orig_mod", student)  # torch.compile's
         t0 = time.perf_counter()
+        if self.prompts is not None:  # prompts of another domain (forgetting recovery): windows drawn by k alone,
+            # so that a resumed run draws the same ones without a generator state to save
+            # (data parallel: each process its own, by its rank)
+            B, T = x.shape
+            rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k * world + rank)
+            starts = torch.randint(len(self.prompts) - T, (B,), generator=g).numpy()
+            x = windows_at(self.prompts, starts, np.arange(T + 1), str(x.device))[0]  # (B, T)
         x, y = rollout(student, x, cfg.kd_rollout_len)
         if terms is not None:
             terms["rollout_s"] = terms.get("rollout_s", 0.0) + torch.tensor(time.perf_counter() - t0)
@@ -311,12 +325,12 @@ class CachedTeacher:
         return kd_loss_topk(student_logits, v, i, cfg.kd_temperature, cfg.kd_loss, cfg.kd_jsd_beta, y != -1, tail)
 
 
-def make_teacher(kd, data_meta, block_size, device, data):
+def make_teacher(kd, data_meta, block_size, device, data, seed=0):
     """The teacher a KDConfig names for a student of context block_size trained on the
     tokens `data`: a CachedTeacher (soft_labels), an OnlineTeacher (teacher), or None. Its
     batches must then come from AlignedWindows for a cache (batches.py), RandomWindows
-    otherwise. A mismatch (cache made on other data, a teacher with a shorter context) is
-    a ValueError."""
+    otherwise. A mismatch (cache made on other data, a teacher with a shorter context, prompts
+    of another tokenizer) is a ValueError; seed draws kd_prompts' windows."""
     if kd.soft_labels:
         return CachedTeacher(kd.soft_labels, data_meta, block_size, kd.kd_top_k or None, kd.kd_tail, kd.kd_temperature,
                              data=data)
@@ -326,7 +340,18 @@ def make_teacher(kd, data_meta, block_size, device, data):
             raise ValueError(f"the teacher in {kd.teacher} reads at most {model.config.block_size} tokens of context, "
                              f"the student {block_size}: it cannot label the student's windows; train the student "
                              f"with block_size <= {model.config.block_size}")
-        return OnlineTeacher(model)
+        prompts = None
+        if kd.kd_prompts:  # the rollouts' prompts from another dataset of the same tokenizer
+            prompts, _, prompts_meta = load_dataset(kd.kd_prompts)
+            if not same_tokenizer(prompts_meta, data_meta):
+                raise ValueError(f"kd_prompts={kd.kd_prompts} is tokenized with {prompts_meta.get('tokenizer')} "
+                                 f"(vocab_size={prompts_meta.get('vocab_size')}), the student's data with "
+                                 f"{data_meta.get('tokenizer')} (vocab_size={data_meta.get('vocab_size')}): "
+                                 f"give prompts of the student's tokenizer")
+            if len(prompts) <= block_size + 1:
+                raise ValueError(f"kd_prompts={kd.kd_prompts} has {len(prompts)} training tokens; "
+                                 f"block_size={block_size} needs more")
+        return OnlineTeacher(model, prompts, seed)
     return None
 
 

@@ -22,6 +22,7 @@ What one optimizer step does (DESIGN.md, "How data flows"):
 """
 
 import math
+import time
 from contextlib import nullcontext
 
 import torch
@@ -116,7 +117,10 @@ def forward_backward(run_model, windows, ctx, scaler, accumulation_steps, teache
                     logits, loss = run_model(x, y)
                 else:
                     logits, parts = run_model(x, y, loss_parts=True)
+                    t0 = time.perf_counter()  # the teacher's share of the step, apart from rollouts and the update
                     kd_term = teacher.loss(logits, x, y, getattr(windows, "last_starts", None), kd)
+                    if terms is not None:
+                        terms["teacher_s"] = terms.get("teacher_s", 0.0) + torch.tensor(time.perf_counter() - t0)
                     # Hinton's mix weights two views of the target; the MoE losses are not about the target.
                     # On the student's own text the divergence alone (its tokens are no target to copy)
                     loss = kd_term if on_policy else kd.kd_alpha * kd_term + (1.0 - kd.kd_alpha) * parts["ce"]

@@ -167,7 +167,7 @@ def setup(cfg, device, dtype, rank, world):
     optimizer = make_optimizer(model, tc)
     # distillation: an online teacher, or a cache whose windows the batches must follow
     try:
-        teacher = distill.make_teacher(kc, meta, mc.block_size, device, train_data)
+        teacher = distill.make_teacher(kc, meta, mc.block_size, device, train_data, tc.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     aligned = teacher.n_windows if isinstance(teacher, distill.CachedTeacher) else None

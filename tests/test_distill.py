@@ -503,3 +503,63 @@ def test_on_policy_training_resumes_exactly_and_zero_is_off_policy(teacher_run, 
     with pytest.raises(UserError, match="kd_rollout_len=40 leaves no prompt"):
         load_config(TINY + [f"--dataset={char_dataset}", f"--teacher={teacher_run}", "--kd_on_policy=0.5",
                             "--kd_rollout_len=40"])
+
+
+@pytest.fixture(scope="module")
+def prompt_dataset(char_dataset, tmp_path_factory):
+    """Another text in char_dataset's vocabulary: its characters in reverse order."""
+    from tokenizer import prepare_dataset, tokenizer_from_meta
+
+    train_data, _, meta = load_dataset(char_dataset)
+    tok = tokenizer_from_meta(meta)
+    out = str(tmp_path_factory.mktemp("prompts"))
+    prepare_dataset(tok.decode(train_data[::-1][:20000].tolist()), out, tokenizer=tok)
+    return out
+
+
+def test_kd_prompts_take_the_rollouts_prompts_from_another_dataset_drawn_by_the_count_alone(
+        teacher_run, char_dataset, prompt_dataset, tmp_path):
+    from tokenizer import prepare_dataset
+
+    train_data, _, meta = load_dataset(char_dataset)
+    prompts = load_dataset(prompt_dataset)[0]
+    kd = distill.KDConfig(teacher=teacher_run, kd_on_policy=1.0, kd_rollout_len=5, kd_prompts=prompt_dataset)
+    teacher = distill.make_teacher(kd, meta, 16, "cpu", train_data, seed=7)
+    x, y = RandomWindows(train_data, 3, 16, "cpu", 0).next()
+
+    def prompts_of(k, global_seed):
+        torch.manual_seed(global_seed)  # the sampling's RNG: it must not choose the prompts
+        xr, yr, on_policy = teacher.on_policy_batch(teacher.model, x, y, k, kd)
+        assert on_policy and (yr[:, :11] == -1).all() and (yr[:, 11:] >= 0).all()
+        return xr[:, :12]  # the 16 + 1 - 5 prompt tokens
+
+    a = prompts_of(4, 0)
+    assert torch.equal(a, prompts_of(4, 1)) and not torch.equal(a, prompts_of(5, 0))
+
+    def is_window_of(row, data):
+        return any(np.array_equal(data[s:s + len(row)], row) for s in np.flatnonzero(data == row[0]))
+
+    assert all(is_window_of(r.numpy(), prompts) and not is_window_of(r.numpy(), train_data) for r in a)
+    other = str(tmp_path / "other")  # another vocabulary
+    prepare_dataset("abc abc abc " * 500, other, tokenizer="char")
+    with pytest.raises(ValueError, match=f"kd_prompts={other} is tokenized with char"):
+        distill.make_teacher(distill.KDConfig(teacher=teacher_run, kd_on_policy=1.0, kd_prompts=other),
+                             meta, 16, "cpu", train_data)
+    with pytest.raises(ValueError, match="needs kd_on_policy > 0"):
+        distill.KDConfig(teacher=teacher_run, kd_prompts=prompt_dataset)
+
+
+def test_on_policy_training_with_kd_prompts_resumes_exactly(teacher_run, char_dataset, prompt_dataset, tmp_path):
+    common = [f"--teacher={teacher_run}", "--kd_alpha=0", "--kd_loss=reverse_kl", f"--kd_prompts={prompt_dataset}",
+              "--kd_on_policy=0.5", "--kd_rollout_len=6", "--eval_interval=2", "--log_interval=1",
+              "--warmup_iters=1", "--lr_decay_iters=4"]
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    run(common + ["--max_iters=4"], straight, char_dataset)
+    run(common + ["--max_iters=2"], split, char_dataset)
+    run(["--init_from=resume", "--max_iters=4"], split, char_dataset)
+    a = torch.load(os.path.join(straight, "ckpt.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(split, "ckpt.pt"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = train_rows(straight)
+    assert all(r["teacher_s"] > 0 for r in rows)  # the teacher's seconds, logged apart from the rollouts'
+    assert [("rollout_s" in r, r["loss"] == r["kd"]) for r in rows] == [(False, False), (True, True)] * 2
