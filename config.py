@@ -221,14 +221,16 @@ def _type_name(tp):
     return "a finite float" if tp is float else tp.__name__
 
 
-def check_value(key, value, from_cli=False):
+def check_value(key, value, from_cli=False, types=None):
     """Return value converted to key's declared type, or raise UserError naming the key,
-    the expected type and the value given. From the CLI, value is the raw string."""
-    if key not in FIELD_TYPES:
-        close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    the expected type and the value given. From the CLI, value is the raw string. types:
+    another key space ({key: type}, e.g. federated.py's), instead of train.py's."""
+    types = FIELD_TYPES if types is None else types
+    if key not in types:
+        close = difflib.get_close_matches(key, types, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(f"unknown config key '{key}'{hint}")
-    tp = FIELD_TYPES[key]
+    tp = types[key]
     if from_cli:
         if tp is str or typing.get_origin(tp) is Literal:
             given = value  # strings are taken as typed: --out_dir=123 is the folder "123"
