@@ -78,6 +78,23 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def evaluate(run_dir, dataset, eval_iters, batch_size):
+    """Val loss of run_dir's final model on dataset's val split, with train.py's own fixed
+    evaluation batches (so it matches the eval rows of metrics.jsonl)."""
+    import torch
+
+    from batches import load_dataset
+    from checkpoint import read_checkpoint, restore_model
+    from step import estimate_loss
+
+    ckpt = read_checkpoint(os.path.join(run_dir, "ckpt.pt"))
+    model = restore_model(ckpt, "an experiment's evaluation")
+    _, val, _ = load_dataset(dataset)
+    losses = estimate_loss(model, {"val": val}, batch_size, model.config.block_size, eval_iters, "cpu",
+                           torch.autocast("cpu", enabled=False), ckpt["config"]["seed"])
+    return losses["val"]
+
+
 def run_rows(args, rows, specs, root, config, summarize, table, plot=None):
     """The usual body of an experiment: train each row (train_run, finished ones reused),
     summarize(name, out_dir) each, print table(results), draw plot(results, args.plot) and

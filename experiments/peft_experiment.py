@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from harness import REPO, parse_args, read_json, read_metrics, train_run
+from harness import REPO, evaluate, parse_args, read_json, read_metrics, train_run
 from errors import cli  # the repo's, through the root that harness put on sys.path
 
 ROOT = os.path.join(REPO, "out-peft")
@@ -67,23 +67,6 @@ SCAN = {"full": [3e-5, 1e-4, 3e-4, 1e-3], "lora-r8-qv": [1e-3, 3e-3, 1e-2, 3e-2]
         "lora-r8-all": [3e-4, 1e-3, 3e-3, 1e-2], "adapter-8": [1e-3, 3e-3, 1e-2], "bitfit": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 JULIET = ["--peft=lora", "--lora_r=8", "--lora_targets=c_attn[q,v]", "--learning_rate=1e-2",
           "--dataset=shakespeare_voices/juliet"]
-
-
-def evaluate(run_dir, dataset, eval_iters, batch_size):
-    """Val loss of run_dir's final model on dataset's val split, with train.py's own fixed
-    evaluation batches (so it matches the eval rows of metrics.jsonl)."""
-    import torch
-
-    from batches import load_dataset
-    from checkpoint import read_checkpoint, restore_model
-    from step import estimate_loss
-
-    ckpt = read_checkpoint(os.path.join(run_dir, "ckpt.pt"))
-    model = restore_model(ckpt, "peft_experiment.py")
-    _, val, _ = load_dataset(dataset)
-    losses = estimate_loss(model, {"val": val}, batch_size, model.config.block_size, eval_iters, "cpu",
-                           torch.autocast("cpu", enabled=False), ckpt["config"]["seed"])
-    return losses["val"]
 
 
 def row_result(name, out_dir, ft_config):
