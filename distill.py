@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from batches import AlignedWindows, RandomWindows, load_dataset, tokens_sha256, windows_at  # noqa: F401 (AlignedWindows: still importable from here)
+from batches import AlignedWindows, RandomWindows, check_length, load_dataset, tokens_sha256, windows_at  # noqa: F401 (AlignedWindows: still importable from here)
 from checkpoint import file_sha256, read_checkpoint
 from errors import UserError, cli
 from model import GPT, GPTConfig
@@ -232,9 +232,8 @@ class OnlineTeacher:
         student = getattr(run_model, "module", run_model)  # DDP's wrapped module
         student = getattr(student, "_orig_mod", student)  # torch.compile's
         t0 = time.perf_counter()
-        if self.prompts is not None:  # prompts of another domain (forgetting recovery): windows drawn by k alone,
-            # so that a resumed run draws the same ones without a generator state to save
-            # (data parallel: each process its own, by its rank)
+        if self.prompts is not None:  # prompts of another domain (forgetting recovery): windows drawn by k (and
+            # the rank) alone, so that a resumed run draws the same ones without a generator state to save
             B, T = x.shape
             rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + k * world + rank)
@@ -326,11 +325,10 @@ class CachedTeacher:
 
 
 def make_teacher(kd, data_meta, block_size, device, data, seed=0):
-    """The teacher a KDConfig names for a student of context block_size trained on the
-    tokens `data`: a CachedTeacher (soft_labels), an OnlineTeacher (teacher), or None. Its
-    batches must then come from AlignedWindows for a cache (batches.py), RandomWindows
-    otherwise. A mismatch (cache made on other data, a teacher with a shorter context, prompts
-    of another tokenizer) is a ValueError; seed draws kd_prompts' windows."""
+    """The teacher a KDConfig names for a student of context block_size trained on the tokens
+    `data`: a CachedTeacher (soft_labels; its batches then come from AlignedWindows), an
+    OnlineTeacher (teacher; seed draws kd_prompts' windows) or None. A mismatch (cache made on
+    other data, a teacher with a shorter context, prompts of another tokenizer) is a ValueError."""
     if kd.soft_labels:
         return CachedTeacher(kd.soft_labels, data_meta, block_size, kd.kd_top_k or None, kd.kd_tail, kd.kd_temperature,
                              data=data)
@@ -340,17 +338,13 @@ def make_teacher(kd, data_meta, block_size, device, data, seed=0):
             raise ValueError(f"the teacher in {kd.teacher} reads at most {model.config.block_size} tokens of context, "
                              f"the student {block_size}: it cannot label the student's windows; train the student "
                              f"with block_size <= {model.config.block_size}")
-        prompts = None
-        if kd.kd_prompts:  # the rollouts' prompts from another dataset of the same tokenizer
-            prompts, _, prompts_meta = load_dataset(kd.kd_prompts)
-            if not same_tokenizer(prompts_meta, data_meta):
-                raise ValueError(f"kd_prompts={kd.kd_prompts} is tokenized with {prompts_meta.get('tokenizer')} "
-                                 f"(vocab_size={prompts_meta.get('vocab_size')}), the student's data with "
-                                 f"{data_meta.get('tokenizer')} (vocab_size={data_meta.get('vocab_size')}): "
-                                 f"give prompts of the student's tokenizer")
-            if len(prompts) <= block_size + 1:
-                raise ValueError(f"kd_prompts={kd.kd_prompts} has {len(prompts)} training tokens; "
-                                 f"block_size={block_size} needs more")
+        prompts, meta = load_dataset(kd.kd_prompts)[::2] if kd.kd_prompts else (None, data_meta)  # rollouts' prompts
+        if not same_tokenizer(meta, data_meta):
+            raise ValueError(f"kd_prompts={kd.kd_prompts} is tokenized with {meta.get('tokenizer')} (vocab_size="
+                             f"{meta.get('vocab_size')}), the student's data with {data_meta.get('tokenizer')} "
+                             f"(vocab_size={data_meta.get('vocab_size')}): give prompts of the student's tokenizer")
+        if prompts is not None:
+            check_length(prompts, block_size, f"kd_prompts={kd.kd_prompts}'s training split")
         return OnlineTeacher(model, prompts, seed)
     return None
 
