@@ -135,7 +135,8 @@ def prepare_clients(text, out_root, min_chars=2000, val_fraction=0.1):
     """One dataset folder per speaker with at least min_chars characters (one character
     vocabulary for all, from the whole text; each client's last val_fraction held out, as
     LEAF splits each client), a `pooled` folder (every client's train and val, for the
-    centralized baseline) and clients.json with the sizes. Returns clients.json's dict."""
+    centralized baseline), a `public` one (the speakers too small to be clients) and
+    clients.json with the sizes. Returns clients.json's dict."""
     from tokenizer import CharTokenizer, prepare_dataset
 
     tok = CharTokenizer.from_text(text)
@@ -151,6 +152,10 @@ def prepare_clients(text, out_root, min_chars=2000, val_fraction=0.1):
         cut = len(t) - m["val_tokens"]
         train_text.append(t[:cut])
         val_text.append(t[cut:])
+    small = [t for who, t in speeches_by_speaker(text).items() if who not in parts]
+    if small:  # the speakers too small to be clients: "public" data, e.g. to pretrain a shared base for LoRA-only rounds
+        prepare_dataset("".join(small), os.path.join(out_root, "public"), tokenizer=tok,
+                        source=f"tiny shakespeare, the speakers under {min_chars} characters", verbose=False)
     pooled = prepare_dataset("".join(train_text) + "".join(val_text), os.path.join(out_root, "pooled"), tokenizer=tok,
                              val_fraction=sum(map(len, val_text)) / (sum(map(len, train_text)) + sum(map(len, val_text))),
                              source="tiny shakespeare, every client's train then val", verbose=False)

@@ -17,4 +17,4 @@ which yields (case, ok, expected, got, hint) for an implementation. COURSE is th
 COURSE = ["causal_attention", "gpt_block", "lr_schedule", "grad_accumulation", "mixed_precision", "grad_checkpointing",
           "lora", "peft_freeze", "topk_router", "switch_capacity", "kd_loss", "topk_soft_labels", "sliding_window",
           "rope_gqa", "albert", "mup_rules", "curriculum_pacing", "spike_guard",
-          "int8_quant", "mlp_pruning", "on_policy_kd"]
+          "int8_quant", "mlp_pruning", "on_policy_kd", "fedavg"]
