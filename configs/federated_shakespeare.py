@@ -5,7 +5,7 @@
 out_dir = "out-fed/run"
 n_layer = 2
 n_head = 4
-n_embd = 128
+n_embd = 64
 block_size = 64
 dropout = 0.0
 batch_size = 8  # B: each client's local batch
