@@ -278,7 +278,8 @@ TOKENIZER_KEYS = ("tokenizer", "vocab_size", "chars", "pattern", "merged_tokens"
 
 def load_mixture(text):
     """{name: (train, val, meta)} of a mixture's datasets, refused unless they share one
-    tokenizer (the same meta.json but for the counts and the source)."""
+    tokenizer (the same meta.json but for the counts and the source) and, where one of
+    them is a task of a multi-task set, unless every one is (check_task_tokens)."""
     out = {name: load_dataset(name) for name in parse_mixture(text)}
     (first, (_, _, meta)), *rest = out.items()
     for name, (_, _, other) in rest:
@@ -286,7 +287,36 @@ def load_mixture(text):
         if differ:
             raise UserError(f"datasets: '{name}' has another tokenizer than '{first}' ({', '.join(differ)} differ); "
                             f"prepare them with one tokenizer")
+    check_task_tokens(out)
     return out
+
+
+def check_task_tokens(datasets):
+    """A multi-task mixture (data/multitask/prepare.py: meta.json's "task" and "task_tokens",
+    {task: its prefix character}) is refused, in one line naming the dataset, unless every
+    dataset names its task, the task's prefix is one character of the shared vocabulary
+    and its training split holds that prefix: a model is told the task by the prefix, so a
+    dataset without one would be learnt as no task at all. Mixtures without task tokens
+    pass untouched."""
+    tagged = [n for n, (_, _, m) in datasets.items() if "task_tokens" in m]
+    if not tagged:
+        return
+    redo = "prepare every task of the mixture together: python data/multitask/prepare.py"
+    tokens = datasets[tagged[0]][2]["task_tokens"]
+    for name, (train, _, meta) in datasets.items():
+        task = meta.get("task")
+        if meta.get("task_tokens") != tokens or task not in tokens:
+            what = "no task prefix token" if task is None or "task_tokens" not in meta else (
+                f"task '{task}' without a prefix among {sorted(tokens)}" if task not in meta["task_tokens"]
+                else "other task tokens")
+            raise UserError(f"datasets: '{name}' has {what} in its meta.json, unlike '{tagged[0]}'; {redo}")
+        chars = meta.get("chars", "") if meta.get("tokenizer") == "char" else ""
+        token = tokens[task]
+        if not (isinstance(token, str) and len(token) == 1 and token in chars):
+            raise UserError(f"datasets: '{name}': task '{task}''s prefix {token!r} is not a character of its "
+                            f"char vocabulary; {redo}")
+        if not (np.asarray(train) == chars.index(token)).any():
+            raise UserError(f"datasets: '{name}': its train.bin never holds task '{task}''s prefix {token!r}; {redo}")
 
 
 def mixture_at(it, base, stages):

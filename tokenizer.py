@@ -34,7 +34,8 @@ meta.json (written by prepare_dataset) is a JSON object:
      "pattern": str,                # bpe only: the regex that pre-splits text
      "merged_tokens": [str, ...],   # bpe only: base64 bytes of ranks 256, 257, ...
      "dtype": "uint16", "train_tokens": int, "val_tokens": int,
-     "train_chars": int, "val_chars": int, "source": str}
+     "train_chars": int, "val_chars": int, "source": str,
+     "task": str, "task_tokens": {task: char}}  # multi-task datasets only (multitask.py)
 """
 
 import base64
@@ -447,12 +448,15 @@ def _write_atomic(path, data):
 
 
 def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fraction=0.1,
-                    source=None, verbose=True):
+                    source=None, verbose=True, val_text=None, extra_meta=None):
     """Tokenize text and write out_dir/{train.bin, val.bin, meta.json}. tokenizer is a
     kind ('char', 'bpe', 'gpt2') or a ready Tokenizer, for datasets that must share ids.
 
     The first (1 - val_fraction) of the characters are the training split and
-    the rest validation (nanoGPT's shakespeare_char: first 90% / last 10%).
+    the rest validation (nanoGPT's shakespeare_char: first 90% / last 10%); with
+    val_text, text is the whole training split and val_text the validation split (a
+    generated task's held-out examples). extra_meta: more fields for meta.json (a
+    multi-task dataset's task and task_tokens, data/multitask/prepare.py).
     Ids are stored as np.uint16, as nanoGPT's train.py expects. meta.json is
     written last, so its presence means both .bin files are complete.
     Returns the meta dict.
@@ -467,11 +471,16 @@ def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fracti
                          f"{MAX_UINT16_VOCAB}, got {vocab_size}")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    n = len(text)
-    n_train = int(n * (1 - val_fraction))
-    if n_train == 0 or n_train == n:
-        raise ValueError(f"text of {n} characters is too short to split into train and val")
-    train_text, val_text = text[:n_train], text[n_train:]
+    if val_text is None:
+        n = len(text)
+        n_train = int(n * (1 - val_fraction))
+        if n_train == 0 or n_train == n:
+            raise ValueError(f"text of {n} characters is too short to split into train and val")
+        train_text, val_text = text[:n_train], text[n_train:]
+    elif not (text and val_text):
+        raise ValueError("train and val text must both be non-empty")
+    else:
+        train_text, text = text, text + val_text
 
     if verbose and tokenizer == "bpe":
         print(f"training BPE to {vocab_size} tokens on {len(train_text):,} characters...")
@@ -493,6 +502,7 @@ def prepare_dataset(text, out_dir, tokenizer="char", vocab_size=4096, val_fracti
                 train_chars=len(train_text), val_chars=len(val_text))
     if source is not None:
         meta["source"] = source
+    meta.update(extra_meta or {})
     _write_atomic(os.path.join(out_dir, "meta.json"),
                   json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 LOOP = "train"
-TOOLS = {"sample", "export", "prune", "bench", "bench_attention", "plot", "sweep", "mup", "quantize"}  # run by users, on top of the core; never imported by it
+TOOLS = {"federated", "sample", "export", "prune", "bench", "bench_attention", "plot", "sweep", "mup", "quantize", "multitask"}  # run by users, on top of the core; never imported by it
 SCRIPT_FOLDERS = ["experiments", "exercises", "data"]  # each file a script (or a script's helper)
 
 
