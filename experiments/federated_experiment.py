@@ -12,6 +12,7 @@ The rows, as commands (configs/federated_shakespeare.py: 2 layers x 64, block 64
 B = 8 windows; C = 0.1 of the 106 clients, i.e. 11, per round; 60 rounds):
   McMahan et al.'s setting, local SGD at lr 0.5:
   fedsgd        --fed_local_steps=1, 240 rounds                  (one averaged gradient step per round)
+  fedsgd-full   the same with every client each round (--fed_client_frac=1)
   fedavg-e5     --fed_local_steps=5
   fedavg-e20    --fed_local_steps=20
   fedprox-e20   --fed_local_steps=20 --fed_mu=0.1
@@ -49,6 +50,8 @@ ADAMW = ["--fed_local_opt=adamw", "--learning_rate=3e-3"]  # a fresh AdamW each 
 ROWS = {  # row -> (label, federated.py arguments)
     # McMahan et al.'s setting: local SGD
     "fedsgd": ("FedSGD (E=1)", ["--fed_local_steps=1", f"--fed_rounds={4 * ROUNDS}", "--fed_eval_interval=20"]),
+    "fedsgd-full": ("FedSGD (E=1), every client each round", [
+        "--fed_local_steps=1", "--fed_client_frac=1", f"--fed_rounds={4 * ROUNDS}", "--fed_eval_interval=20"]),
     "fedavg-e5": ("FedAvg E=5", ["--fed_local_steps=5"]),
     "fedavg-e20": ("FedAvg E=20", ["--fed_local_steps=20"]),
     "fedprox-e20": ("FedProx E=20, μ=0.1", ["--fed_local_steps=20", "--fed_mu=0.1"]),
@@ -62,7 +65,7 @@ ROWS = {  # row -> (label, federated.py arguments)
         f"--init_from={BASE}", "--peft=lora", "--lora_r=8", "--lora_targets=c_attn[q,v]", "--fed_local_opt=adamw",
         "--learning_rate=1e-2", "--fed_local_steps=20", f"--fed_rounds={ROUNDS // 2}"]),
 }
-SGD_ROWS = ["fedsgd", "fedavg-e5", "fedavg-e20", "fedprox-e20", "central"]
+SGD_ROWS = ["fedsgd", "fedsgd-full", "fedavg-e5", "fedavg-e20", "fedprox-e20", "central"]
 PERSONAL = 20  # the largest clients
 
 
