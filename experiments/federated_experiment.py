@@ -5,7 +5,7 @@ FedAvg at two numbers of local steps, FedProx, and centralized training on the p
 "public" speakers (those too small to be clients); then each client's own LoRA on the
 global model (personalization) against a model trained on that client alone.
 
-    python experiments/federated_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~25 min on 2 CPU cores
+    python experiments/federated_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # ~19 min on 2 CPU cores
     python experiments/federated_experiment.py --rows fedavg-e5,central      # some rows (finished runs are reused)
 
 The rows, as commands (configs/federated_shakespeare.py: 2 layers x 64, block 64, batches of

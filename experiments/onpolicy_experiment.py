@@ -8,8 +8,8 @@ by its val loss and by how likely the teacher finds the student's own samples. T
 forgetting recovery: a model fine-tuned on one character's voice distilled on-policy
 towards its own pre-fine-tuning checkpoint.
 
-    python experiments/onpolicy_experiment.py --input ../shared/data/tinyshakespeare/input.txt --dtype=float32   # ~25 min on 2 CPU cores
-    python experiments/onpolicy_experiment.py --rows recovery --dtype=float32   # forgetting recovery, ~12 min
+    python experiments/onpolicy_experiment.py --input ../shared/data/tinyshakespeare/input.txt --dtype=float32   # ~23 min on 2 CPU cores
+    python experiments/onpolicy_experiment.py --rows recovery --dtype=float32   # forgetting recovery, ~6 min
     python experiments/onpolicy_experiment.py --rows seeds --dtype=float32      # off-policy vs on-policy at 2 more seeds
     python experiments/onpolicy_experiment.py --rows hard,on-rkl-1 --dtype=float32   # some rows (finished runs are reused)
 
