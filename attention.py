@@ -27,23 +27,27 @@ Kinds (GPTConfig.attention; model.py's CausalSelfAttention calls attend):
         . . . . x x x .                     . . . x x x x .
         . . . . . x x x                     . . . x x x x x
 
-How the sparse kinds are computed: in tiles of L consecutive queries (L = window, or the
-block), tile i reading the keys at index[i] through a mask ok[i] (sliding_plan,
-blocksparse_plan), never a T x T mask:
-  sliding      tile c reads chunks c-1 and c (2w keys; those before the text masked), the
-               band "r < s <= r + w" inside. Scored pairs: n * w * 2w, n = ceil(T / w):
-               linear in T, twice the w pairs per query the pattern needs.
+How the sparse kinds are computed: in tiles of L consecutive queries, tile i reading the
+keys at index[i] through a mask ok[i] (sliding_plan, blocksparse_plan), never a T x T mask:
+  sliding      tiles of C = sliding_tile(w) queries (w/2, kept within 32..64), tile c reading
+               the P + C keys that end with its chunk (P = w rounded up to whole chunks;
+               those before the text masked), the band "r + P - w < s <= r + P" inside.
+               Scored pairs: n * C * (P + C), n = ceil(T / C): linear in T, (P + C) / w
+               times the w pairs per query the pattern needs (1.5x at w = 128, C = 64).
   blocksparse  block i reads the summary keys of blocks 0..n-2 (those of earlier blocks
                allowed) and its own block (causal). Scored pairs: n * block * ((n-1) *
                summary + block): linear while n * summary stays below block, quadratic with
                a small constant after (summary 0: n causal tiles, n * block(block+1)/2).
-On CPU without dropout, TiledAttention runs the tiles a few at a time through PyTorch's
-fused flash-attention kernel, keeping its log-sum-exp for the backward pass, so that the
-gathered keys of only a few tiles exist at once: peak memory stays at full fused
-attention's, and at T = 4096, window 128 the forward and backward take a quarter of full
-attention's time (bench_attention.py). Elsewhere (CUDA, dropout) every tile goes through
-autograd at once. scored_pairs gives each kind's count; tests/test_attention.py checks it
-against the kernel calls actually made.
+On CPU without dropout both go through PyTorch's fused flash-attention kernel, keeping its
+log-sum-exp for the backward pass. A sliding tile's keys are consecutive rows of k, and
+consecutive tiles' overlap, so SlidingTiles hands the kernel one strided view of k (no
+copy) and a single band mask shared by every tile; backward adds each tile's key gradients
+back chunk by chunk. Block-sparse keys are scattered, so TiledAttention gathers them a few
+tiles at a time. Either way peak memory stays at full fused attention's, and at T = 4096,
+window 128 the forward and backward take under a fifth of full attention's time
+(bench_attention.py). Elsewhere (CUDA, dropout) every tile goes through autograd at once.
+scored_pairs gives each kind's count; tests/test_attention.py checks it against the kernel
+calls actually made.
 
 Dropout on the attention weights: SDPA applies it on CUDA; on CPU the tiles are computed by
 hand with dropout_mask (CPU SDPA with dropout_p > 0 leaves its fused kernel; see model.py).
@@ -56,6 +60,7 @@ text). Attention is blind to the order of its keys (positions live in the embedd
 ring needs no reordering.
 """
 
+import functools
 import math
 
 import torch
@@ -89,9 +94,9 @@ def scored_pairs(T, kind, window=0, block=0, summary=0):
     tile counts its lower triangle, as the fused causal kernel skips the rest)."""
     if kind == "full" or (kind == "sliding" and T <= window) or (kind == "blocksparse" and T <= block):
         return T * (T + 1) // 2
-    if kind == "sliding":
-        n = -(-T // window)
-        return n * window * 2 * window
+    if kind == "sliding":  # n tiles of C queries by P + C keys (sliding_plan)
+        C = sliding_tile(window)
+        return -(-T // C) * C * (-(-window // C) * C + C)
     n = -(-T // block)
     if summary == 0:  # blocks alone: one causal tile per block
         return n * block * (block + 1) // 2
@@ -128,20 +133,30 @@ def dropout_mask(shape, p, device):
 # computing them: a plan of tiles, run by the fused kernel
 
 
+def sliding_tile(window):
+    """Queries per tile for a window: half the window, kept within 32..64 (the fastest on this
+    CPU's fused kernel at T = 4096: bench_attention.py), and never more than the window."""
+    return min(window, max(32, min(64, window // 2)))
+
+
+@functools.lru_cache(maxsize=16)  # the same plan for every layer and step (treat it as read-only)
 def sliding_plan(T, window, device="cpu"):
-    """Chunks of `window` queries, chunk c reading the keys of chunks c-1 and c: (tile
-    length, key positions (n, 2w), allowed (n, w, 2w))."""
-    w = window
-    n = -(-T // w)
+    """Chunks of C = sliding_tile(window) queries, chunk c reading the P + C consecutive keys
+    that end with it (P = the window rounded up to whole chunks): (tile length C, key
+    positions (n, P + C), allowed (n, C, P + C))."""
+    w, C = window, sliding_tile(window)
+    P = -(-w // C) * C
+    n = -(-T // C)
     c = torch.arange(n, device=device)[:, None, None]
-    r = torch.arange(w, device=device)[None, :, None]
-    s = torch.arange(2 * w, device=device)[None, None, :]
-    index = ((c - 1) * w + s)[:, 0]  # (n, 2w); chunk 0's first w are before the text
-    # query c*w + r sees key (c-1)*w + s when r < s <= r + w: the last w positions
-    ok = (s > r) & (s <= r + w) & (index >= 0)[:, None] & (index < T)[:, None]
-    return w, index, ok
+    r = torch.arange(C, device=device)[None, :, None]
+    s = torch.arange(P + C, device=device)[None, None, :]
+    index = (c * C - P + s)[:, 0]  # (n, P + C); the first chunks' keys start before the text
+    # query c*C + r sees key c*C - P + s when r + P - w < s <= r + P: the last w positions
+    ok = (s > r + P - w) & (s <= r + P) & (index >= 0)[:, None] & (index < T)[:, None]
+    return C, index, ok
 
 
+@functools.lru_cache(maxsize=16)
 def blocksparse_plan(T, block, summary, device="cpu"):
     """Blocks of `block` queries, each reading every earlier block's summary keys (all
     blocks' but the last, masked per block) and its own block: (tile length, key positions
@@ -158,10 +173,11 @@ def blocksparse_plan(T, block, summary, device="cpu"):
     return b, index, ok
 
 
-def _flash(q, k, v, ok):
+def _flash(q, k, v, mask):
     """PyTorch's fused CPU attention on tiles, with the log-sum-exp its backward needs:
-    (N, n, L, hs) x (N, n, S, hs), ok (n, L, S) -> out (N, n, L, hs), lse (N, n, L)."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=_additive(ok, q.dtype))
+    (N, n, L, hs) x (N, n, S, hs), mask (1, n or 1, L, S) additive (_additive) -> out
+    (N, n, L, hs), lse (N, n, L)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask)
 
 
 def _additive(ok, dtype):
@@ -192,7 +208,7 @@ class TiledAttention(torch.autograd.Function):
             g = slice(g0, min(g0 + group, n))
             rows = where[g].flatten()
             kg, vg = (t.index_select(1, rows).view(N, -1, S, hs) for t in (k, v))  # (N, tiles, S, hs)
-            o, l = _flash(qt[:, g], kg, vg, ok[g])
+            o, l = _flash(qt[:, g], kg, vg, _additive(ok[g], q.dtype))
             lse = l.new_empty(N, n, L) if lse is None else lse  # fp32 under bf16 inputs
             out[:, g], lse[:, g] = o, l
         ctx.save_for_backward(q, k, v, out, lse, where, ok)
@@ -218,14 +234,93 @@ class TiledAttention(torch.autograd.Function):
         return dq.view(N, TL, hs), dk, dv, None, None, None
 
 
-def _run_plan(q, k, v, plan, p):
+class SlidingTiles(torch.autograd.Function):
+    """Sliding-window attention over tiles of C consecutive queries, tile i reading the S =
+    P + C keys that end with its chunk (rows i*C - P .. i*C + C - 1 of k, P = the window
+    rounded up to whole chunks). Those key ranges overlap, so the tiles' keys are one strided
+    view of k, read in place by the fused kernel: no gather, no copy, where the rows exist
+    (the head's tiles start before the text, a partial last tile ends after it: theirs are
+    small zero-padded copies, masked). Tiles past the head share one band mask (1, 1, C, S).
+    Backward asks the kernel for a group's key gradients (N, tiles, S, hs) and adds each
+    chunk-wide slice to the rows it came from: S / C strided adds, no index_add_. A group's
+    gradients take at most 4 MiB, so peak memory stays at fused full attention's.
+    q (N, n*C, hs), k and v (N, T, hs) -> (N, n*C, hs)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, C, ok):
+        N, TL, hs = q.shape
+        n, S = TL // C, ok.shape[2]
+        h = min(n, (S - C) // C)  # the head's tiles: their key ranges start before the text
+        masks = {"head": _additive(ok[:h], q.dtype), "band": _additive(ok[h:h + 1], q.dtype),
+                 "tail": _additive(ok[n - 1:], q.dtype)}  # (1, h, C, S), (1, 1, C, S), (1, 1, C, S)
+        out, lse = q.new_empty(N, n, C, hs), None
+        for i0, i1, where in _segments(n, h, C, S, k.shape[1], N * S * hs * q.element_size()):
+            o, l = _flash(q.view(N, n, C, hs)[:, i0:i1], _windows(k, i0, i1, C, S), _windows(v, i0, i1, C, S),
+                          masks[where])
+            lse = l.new_empty(N, n, C) if lse is None else lse  # fp32 under bf16 inputs
+            out[:, i0:i1], lse[:, i0:i1] = o, l
+        ctx.save_for_backward(q, k, v, out, lse, masks["head"], masks["band"], masks["tail"])
+        ctx.C = C
+        return out.view(N, TL, hs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, *masks = ctx.saved_tensors
+        masks = dict(zip(("head", "band", "tail"), masks))
+        N, TL, hs = q.shape
+        C, S, (T, P) = ctx.C, masks["band"].shape[-1], (k.shape[1], masks["band"].shape[-1] - ctx.C)
+        n, h = TL // C, masks["head"].shape[1]
+        qt, gt = q.view(N, n, C, hs), grad.contiguous().view(N, n, C, hs)
+        dq, dk, dv = torch.empty_like(qt), torch.zeros_like(k), torch.zeros_like(v)
+        for i0, i1, where in _segments(n, h, C, S, T, N * S * hs * q.element_size()):
+            a, b, c = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                gt[:, i0:i1], qt[:, i0:i1], _windows(k, i0, i1, C, S), _windows(v, i0, i1, C, S),
+                out[:, i0:i1], lse[:, i0:i1], 0.0, False, attn_mask=masks[where])
+            dq[:, i0:i1] = a
+            for j in range(S // C):  # keys j*C.. of tile i are rows (i + j)*C - P.. of k
+                r0 = (i0 + j) * C - P  # where the slice of tile i0 starts
+                lo, hi = max(r0, 0), min(r0 + (i1 - i0) * C, T)
+                if where == "band":  # every row exists: add in place, tile by tile
+                    dk[:, lo:hi].view(N, i1 - i0, C, hs).add_(b[:, :, j * C:(j + 1) * C])
+                    dv[:, lo:hi].view(N, i1 - i0, C, hs).add_(c[:, :, j * C:(j + 1) * C])
+                elif lo < hi:  # the head's or the tail's: drop the rows outside the text
+                    dk[:, lo:hi] += b[:, :, j * C:(j + 1) * C].reshape(N, -1, hs)[:, lo - r0:hi - r0]
+                    dv[:, lo:hi] += c[:, :, j * C:(j + 1) * C].reshape(N, -1, hs)[:, lo - r0:hi - r0]
+        return dq.view(N, TL, hs), dk, dv, None, None
+
+
+def _segments(n, h, C, S, T, tile_bytes):
+    """The kernel calls, as (first tile, end, mask): the head's tiles, the tiles whose keys
+    all exist in groups of at most 4 MiB of key and value gradients (2 * tile_bytes each),
+    and a partial last tile."""
+    body_end = max(h, min(n, T // C))  # tile i's last key row is i*C + C - 1
+    group = max(1, (4 << 20) // (2 * tile_bytes))
+    calls = [(0, h, "head")] if h else []
+    calls += [(i, min(i + group, body_end), "band") for i in range(h, body_end, group)]
+    return calls + ([(body_end, n, "tail")] if body_end < n else [])
+
+
+def _windows(k, i0, i1, C, S):
+    """Tiles i0..i1-1's keys, (N, i1 - i0, S, hs): tile i reads rows i*C - (S - C) .. i*C + C - 1
+    of k (N, T, hs). A view of k where those rows exist, else of a zero-padded copy."""
+    N, T, hs = k.shape
+    r0, r1 = i0 * C - (S - C), i1 * C
+    if r0 < 0 or r1 > T:
+        k, r0 = F.pad(k[:, max(r0, 0):min(r1, T)], (0, 0, max(-r0, 0), max(r1 - T, 0))), 0
+    return k.as_strided((N, i1 - i0, S, hs), (k.stride(0), C * k.stride(1), k.stride(1), k.stride(2)),
+                        k.storage_offset() + r0 * k.stride(1))
+
+
+def _run_plan(q, k, v, plan, p, sliding=False):
     """q, k, v (B, H, T, hs) through a plan's tiles -> (B, H, T, hs)."""
     B, H, T, hs = q.shape
     L, index, ok = plan
     n = index.shape[0]
     if n * L > T:  # the last tile is partial: pad the queries (their outputs are dropped)
         q = F.pad(q, (0, 0, 0, n * L - T))
-    if p == 0.0 and not q.is_cuda:
+    if p == 0.0 and not q.is_cuda and sliding:
+        y = SlidingTiles.apply(q.reshape(B * H, n * L, hs), k.reshape(B * H, T, hs), v.reshape(B * H, T, hs), L, ok)
+    elif p == 0.0 and not q.is_cuda:
         y = TiledAttention.apply(q.reshape(B * H, n * L, hs), k.reshape(B * H, T, hs), v.reshape(B * H, T, hs),
                                  L, index, ok)
     else:  # CUDA, or dropout: every tile at once through autograd (fused SDPA, or by hand for CPU dropout)
@@ -255,7 +350,7 @@ def attend(q, k, v, kind, window=0, block=0, summary=0, p=0.0):
     if kind == "full" or (kind == "sliding" and T <= window) or (kind == "blocksparse" and T <= block):
         return _tiles(q, k, v, causal=True, p=p)  # every query sees every earlier position
     if kind == "sliding":
-        return _run_plan(q, k, v, sliding_plan(T, window, q.device), p)
+        return _run_plan(q, k, v, sliding_plan(T, window, q.device), p, sliding=True)
     if kind == "blocksparse" and summary == 0:  # blocks alone: one causal tile per block
         B, H, _, hs = q.shape
         n = -(-T // block)

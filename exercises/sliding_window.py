@@ -2,7 +2,7 @@
 Exercise: sliding-window attention, computed chunk by chunk (the sparse-attention lesson in
 exercises/README.md).
 
-Read attention.allowed and attention.TiledAttention only after you have tried. Grade:
+Read attention.allowed and attention.SlidingTiles only after you have tried. Grade:
 python -m exercises check sliding_window (or, while it is not in exercises.COURSE:
 python -c "from exercises.__main__ import grade, show; show(grade('sliding_window'))")
 

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 import attention
 import model as model_module
 import train
-from attention import allowed, attend, scored_pairs
+from attention import allowed, attend, scored_pairs, sliding_tile
 from checkpoint import read_checkpoint
 from config import load_config
 from conftest import TINY, exit_code
@@ -52,6 +52,11 @@ CASES = [
     ("sliding", 16, 3, 4, 0, 0),  # exactly 4 windows
     ("sliding", 17, 2, 5, 0, 0),
     ("sliding", 9, 2, 1, 0, 0),  # window 1: each position sees itself only
+    # windows past 32 run in tiles shorter than the window (attention.sliding_tile)
+    ("sliding", 150, 2, 48, 0, 0),  # tiles of 32 reading 64 + 32 keys: the window rounded up
+    ("sliding", 200, 1, 64, 0, 0),  # tiles of 32, the last one partial
+    ("sliding", 70, 2, 64, 0, 0),  # the head's two tiles and a partial tail, nothing between
+    ("sliding", 640, 1, 128, 0, 0),  # tiles of 64: head, 6 whole tiles between, no tail
     ("blocksparse", 13, 1, 0, 4, 1),
     ("blocksparse", 3, 3, 0, 4, 2),  # shorter than one block
     ("blocksparse", 16, 3, 0, 4, 0),  # blocks alone, exactly 4 of them
@@ -199,17 +204,18 @@ def scored_by_calls(monkeypatch, T, kind, window=0, block=0, summary=0, B=2, H=3
 
 
 @pytest.mark.parametrize("kind,window,block,summary", [
-    ("full", 0, 0, 0), ("sliding", 4, 0, 0), ("sliding", 5, 0, 0), ("sliding", 1, 0, 0),
+    ("full", 0, 0, 0), ("sliding", 4, 0, 0), ("sliding", 5, 0, 0), ("sliding", 1, 0, 0), ("sliding", 48, 0, 0),
+    ("sliding", 64, 0, 0),
     ("blocksparse", 0, 4, 1), ("blocksparse", 0, 4, 0), ("blocksparse", 0, 5, 2), ("blocksparse", 0, 4, 4),
 ])
 def test_pairs_scored_by_the_calls_equal_scored_pairs(monkeypatch, kind, window, block, summary):
-    for T in (1, 3, 4, 5, 13, 16, 17, 40):
+    for T in (1, 3, 4, 5, 13, 16, 17, 40) + ((70, 100, 130, 150) if window > 32 else ()):
         pairs, calls = scored_by_calls(monkeypatch, T, kind, window, block, summary)
         assert pairs == scored_pairs(T, kind, window, block, summary), T
         # the tiles cover every pair the pattern needs (test 1 shows they compute them right)
         assert allowed(T, kind, window, block, summary).sum() <= pairs
-        # whole tiles per call: the tile length is the window (sliding) or the block
-        tile = {"full": T, "sliding": min(window, T), "blocksparse": min(block, T)}[kind]
+        # whole tiles per call: the tile length is sliding_tile(window) or the block
+        tile = {"full": T, "sliding": sliding_tile(window) if T > window else T, "blocksparse": min(block, T)}[kind]
         assert all(L == tile for _, L, _, _, _ in calls), calls
 
 
@@ -221,8 +227,10 @@ def test_sliding_costs_linear_pairs_and_full_quadratic(monkeypatch):
     assert sliding == scored_pairs(T, "sliding", window=w) <= 2 * T * w
     assert sliding < full / 8
     assert allowed(T, "sliding", window=w).sum() <= sliding
-    # no T x T mask: each call's is (tiles, w, 2w), and the calls cover the T / w tiles once
-    assert all(c[4][1:] == (w, 2 * w) for c in calls) and sum(c[4][0] for c in calls) == T // w, calls
+    # no T x T mask: tiles of 64 queries reading 128 + 64 keys, each call's mask (1, its
+    # tiles or 1 shared by all, 64, 192), and the calls cover the T / 64 tiles once
+    assert all(c[1:3] == (64, 192) and c[4][0] == 1 and c[4][1] in (1, c[0][1]) for c in calls), calls
+    assert sum(c[0][1] for c in calls) == T // 64, calls
     sparse, _ = scored_by_calls(monkeypatch, T, "blocksparse", block=64, summary=8, B=1, H=1)
     assert sparse == scored_pairs(T, "blocksparse", block=64, summary=8) == 64 * 64 * (63 * 8 + 64)
     assert allowed(T, "blocksparse", block=64, summary=8).sum() <= sparse < full / 3
