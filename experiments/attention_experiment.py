@@ -3,7 +3,7 @@ The sparse-attention experiment as one table and one plot: on character-level ti
 shakespeare, what a sliding window or the block-sparse pattern costs in loss at a context
 where full attention is cheap, and what it buys in speed and memory at long contexts.
 
-    python experiments/attention_experiment.py --dtype=float32    # every row, ~15 min on 2 CPU cores
+    python experiments/attention_experiment.py --dtype=float32    # every row, 15-18 min on 2 CPU cores
     python experiments/attention_experiment.py --rows quality     # the block-256 rows only
     python experiments/attention_experiment.py --rows seeds       # four block-256 rows again at seed 2 (~10 min)
     python experiments/attention_experiment.py --fresh            # delete out-attention/ and run everything again
