@@ -16,6 +16,7 @@ B = 8 windows; C = 0.1 of the 106 clients, i.e. 11, per round; 60 rounds):
   fedavg-e5     --fed_local_steps=5
   fedavg-e20    --fed_local_steps=20
   fedprox-e20   --fed_local_steps=20 --fed_mu=0.1
+  fedavg-e20-int8   fedavg-e20 with --fed_update_bits=8 (each update as int8 codes + a scale per row)
   central       one client holding every client's data, batch 11 x 8, 5 steps per round: the
                 same tokens per round as fedavg-e5's 11 clients, in one place
   The practical setting, a fresh local AdamW each round (lr 3e-3):
@@ -23,6 +24,7 @@ B = 8 windows; C = 0.1 of the 106 clients, i.e. 11, per round; 60 rounds):
   base          python train.py on data/shakespeare_clients/public (no client's text), 600 AdamW steps
   full-from-base, lora-from-base   FedAvg E = 20 (AdamW) for 30 rounds from the base: every
                 weight, or LoRA r = 8 on q, v (lr 1e-2) with the base frozen
+  full-from-base-int8   full-from-base with int8 updates
   personalize   python federated.py personalize on fedavg-e20-adamw (LoRA r = 8, 50 steps) and
                 --lora_r=0 (a fresh model on the client's text alone, 50 and 300 steps), for
                 the 20 largest clients
@@ -55,17 +57,20 @@ ROWS = {  # row -> (label, federated.py arguments)
     "fedavg-e5": ("FedAvg E=5", ["--fed_local_steps=5"]),
     "fedavg-e20": ("FedAvg E=20", ["--fed_local_steps=20"]),
     "fedprox-e20": ("FedProx E=20, μ=0.1", ["--fed_local_steps=20", "--fed_mu=0.1"]),
+    "fedavg-e20-int8": ("FedAvg E=20, int8 updates", ["--fed_local_steps=20", "--fed_update_bits=8"]),
     "central": ("centralized (pooled data, 5 steps of 11x the batch per round)", [
         f"--fed_clients={CENTRAL}", "--fed_client_frac=1", "--fed_local_steps=5", "--batch_size=88"]),
     # the practical setting: local AdamW; from scratch, and from a base pretrained on public data
     "fedavg-e20-adamw": ("FedAvg E=20, local AdamW", ["--fed_local_steps=20", *ADAMW]),
     "full-from-base": ("FedAvg E=20 AdamW from the public base, every weight", [
         f"--init_from={BASE}", "--fed_local_steps=20", *ADAMW, f"--fed_rounds={ROUNDS // 2}"]),
+    "full-from-base-int8": ("FedAvg E=20 AdamW from the public base, every weight, int8 updates", [
+        f"--init_from={BASE}", "--fed_local_steps=20", *ADAMW, f"--fed_rounds={ROUNDS // 2}", "--fed_update_bits=8"]),
     "lora-from-base": ("FedAvg E=20 AdamW from the public base, LoRA r=8 on q,v only", [
         f"--init_from={BASE}", "--peft=lora", "--lora_r=8", "--lora_targets=c_attn[q,v]", "--fed_local_opt=adamw",
         "--learning_rate=1e-2", "--fed_local_steps=20", f"--fed_rounds={ROUNDS // 2}"]),
 }
-SGD_ROWS = ["fedsgd", "fedsgd-full", "fedavg-e5", "fedavg-e20", "fedprox-e20", "central"]
+SGD_ROWS = ["fedsgd", "fedsgd-full", "fedavg-e5", "fedavg-e20", "fedprox-e20", "fedavg-e20-int8", "central"]
 PERSONAL = 20  # the largest clients
 
 

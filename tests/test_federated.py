@@ -185,7 +185,35 @@ def test_the_torchrun_run_equals_the_simulation(clients, tmp_path):
     assert all(torch.equal(out[1][n], out[2][n]) for n in out[1])
 
 
+def test_int8_updates_are_the_quantized_update_at_a_quarter_of_the_bytes(clients, tmp_path):
+    root, _ = clients
+    d = {"w": torch.randn(6, 10), "b": torch.randn(10), "lora_B": torch.randn(2, 3, 4)}
+    same, sent = federated.compress(d, 0)
+    assert same is d and sent == 4 * (60 + 10 + 24)
+    got, sent8 = federated.compress(d, 8)
+    assert sent8 == (60 + 10 + 24) + 4 * (6 + 1 + 2)  # a byte per entry, an fp32 scale per row
+    for n, t in d.items():  # round to nearest: within half a step, the step max|row| / 127
+        step = t.reshape(t.shape[0] if t.dim() > 1 else 1, -1).abs().amax(dim=1) / 127
+        err = (got[n] - t).reshape(step.shape[0], -1).abs()
+        assert got[n].shape == t.shape and (err <= step[:, None] / 2 + 1e-7).all() and err.max() > 0
+    # one client's round: the server's new weights are w + its update as int8 carried it
+    fp32 = run(root, tmp_path / "fp32", fed_rounds=1, fed_client_frac=0.25, fed_local_steps=2)
+    int8 = run(root, tmp_path / "int8", fed_rounds=1, fed_client_frac=0.25, fed_local_steps=2, fed_update_bits=8)
+    cfg = load_config(args(root, tmp_path / "w0")[0])
+    torch.manual_seed(cfg.train.seed)  # the run's initial weights, as run() builds them
+    w0 = federated.travelling(init_model(cfg, federated.load_dataset(os.path.join(root, "pooled"))[2])[0])
+    want = federated.compress({n: fp32[n] - w0[n] for n in w0}, 8)[0]
+    for n in w0:
+        torch.testing.assert_close(int8[n] - w0[n], want[n], rtol=0, atol=1e-6)
+    assert any(not torch.equal(int8[n], fp32[n]) for n in w0)
+    rows = {k: [json.loads(line) for line in open(tmp_path / k / "metrics.jsonl")] for k in ("fp32", "int8")}
+    assert rows["fp32"][0]["bytes_up_per_client"] == sum(4 * t.numel() for t in w0.values())
+    assert rows["int8"][0]["bytes_up_per_client"] == sum(t.numel() + 4 * (t.shape[0] if t.dim() > 1 else 1)
+                                                         for t in w0.values())
+
+
 @pytest.mark.parametrize("bad,what", [("--fed_rounds=0", "fed_rounds=0 must be >= 1"),
+                                      ("--fed_update_bits=4", "fed_update_bits=4: use 0 (fp32 updates) or 8 (int8)"),
                                       ("--fed_client_frac=1.5", "fed_client_frac=1.5 must be in (0, 1]"),
                                       ("--fed_rouns=3", "unknown config key 'fed_rouns' (did you mean 'fed_rounds'?)"),
                                       ("--fed_clients=nowhere", "clients.json is missing")])
