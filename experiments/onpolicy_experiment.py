@@ -10,7 +10,7 @@ towards its own pre-fine-tuning checkpoint.
 
     python experiments/onpolicy_experiment.py --input ../shared/data/tinyshakespeare/input.txt --dtype=float32   # ~23 min on 2 CPU cores
     python experiments/onpolicy_experiment.py --rows recovery --dtype=float32   # forgetting recovery, ~6 min
-    python experiments/onpolicy_experiment.py --rows seeds --dtype=float32      # off-policy vs on-policy at 2 more seeds
+    python experiments/onpolicy_experiment.py --rows seeds --dtype=float32      # off-policy vs off->on at 2 more seeds, ~10 min
     python experiments/onpolicy_experiment.py --rows hard,on-rkl-1 --dtype=float32   # some rows (finished runs are reused)
 
 The pipeline, as commands (each row is one of them; see ROWS):
