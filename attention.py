@@ -268,8 +268,8 @@ class SlidingTiles(torch.autograd.Function):
         q, k, v, out, lse, *masks = ctx.saved_tensors
         masks = dict(zip(("head", "band", "tail"), masks))
         N, TL, hs = q.shape
-        C, S, (T, P) = ctx.C, masks["band"].shape[-1], (k.shape[1], masks["band"].shape[-1] - ctx.C)
-        n, h = TL // C, masks["head"].shape[1]
+        C, S, T = ctx.C, masks["band"].shape[-1], k.shape[1]
+        P, n, h = S - C, TL // C, masks["head"].shape[1]  # P: the keys before a tile's own chunk
         qt, gt = q.view(N, n, C, hs), grad.contiguous().view(N, n, C, hs)
         dq, dk, dv = torch.empty_like(qt), torch.zeros_like(k), torch.zeros_like(v)
         for i0, i1, where in _segments(n, h, C, S, T, N * S * hs * q.element_size()):

@@ -8,6 +8,7 @@ held-out sort questions (multitask.py).
     python experiments/multitask_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # 11 runs, ~12 min, 2 CPU cores
     python experiments/multitask_experiment.py --rows shared,lora-sort                # some runs only (others reused)
     python experiments/multitask_experiment.py --rows big                             # the full-size models per task
+    python experiments/multitask_experiment.py --rows seeds    # shared-3x and big-* again at seed 2 (~9 min)
 
 Runs (configs/multitask.py: 4 layers, 4 heads, block 64, batches of 16 x 64, cosine from
 4e-3, fp32; each skipped when out-multitask/<run> holds it finished):
@@ -57,12 +58,17 @@ ROWS.update({f"solo-{t}": [f"--datasets=multitask/{t}:1", "--n_embd=72", f"--max
 ROWS.update({f"lora-{t}": LORA + [f"--datasets=multitask/{t}:1"] for t in TASKS})
 ROWS.update({f"big-{t}": [f"--datasets=multitask/{t}:1", f"--max_iters={STEPS}"] for t in TASKS})
 GROUPS = {"big": [f"big-{t}" for t in TASKS]}
+# the per-character comparison (shared-3x against big-*) rests on differences of 0.002-0.03 nats: a second seed
+GROUPS["seeds"] = [f"{r}@seed2" for r in ["shared-3x"] + GROUPS["big"]]
+ROWS.update({f"{r}@seed2": ROWS[r] + ["--seed=2"] for r in ["shared-3x"] + GROUPS["big"]})
 SETUPS = {  # setup -> {task: the run that serves it}
     "one shared model": dict.fromkeys(TASKS, "shared"),
     "one shared model, 3x the steps": dict.fromkeys(TASKS, "shared-3x"),
     "one model per task (1/3 size)": {t: f"solo-{t}" for t in TASKS},
     "shared base + LoRA per task": {t: f"lora-{t}" for t in TASKS},
     "one full-size model per task (3x params)": {t: f"big-{t}" for t in TASKS},
+    "one shared model, 3x the steps, seed 2": dict.fromkeys(TASKS, "shared-3x@seed2"),
+    "one full-size model per task (3x params), seed 2": {t: f"big-{t}@seed2" for t in TASKS},
 }
 
 
@@ -190,7 +196,7 @@ def main(argv=None):
     print()
     print(md)
     if args.plot and results:
-        plot(results, args.plot)
+        plot([r for r in results if not r["setup"].endswith("seed 2")], args.plot)
     total = time.perf_counter() - t0
     with open(os.path.join(ROOT, "results.json"), "w") as f:
         json.dump({"rows": results, "table": md, "total_s": total}, f, indent=1)
