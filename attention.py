@@ -243,7 +243,7 @@ class SlidingTiles(torch.autograd.Function):
     small zero-padded copies, masked). Tiles past the head share one band mask (1, 1, C, S).
     Backward asks the kernel for a group's key gradients (N, tiles, S, hs) and adds each
     chunk-wide slice to the rows it came from: S / C strided adds, no index_add_. A group's
-    gradients take at most 4 MiB, so peak memory stays at fused full attention's.
+    gradients take at most 4 MiB (or one tile's), so peak memory stays at fused full attention's.
     q (N, n*C, hs), k and v (N, T, hs) -> (N, n*C, hs)."""
 
     @staticmethod

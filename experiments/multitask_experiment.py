@@ -8,7 +8,7 @@ held-out sort questions (multitask.py).
     python experiments/multitask_experiment.py --input ../shared/data/tinyshakespeare/input.txt   # 11 runs, ~12 min, 2 CPU cores
     python experiments/multitask_experiment.py --rows shared,lora-sort                # some runs only (others reused)
     python experiments/multitask_experiment.py --rows big                             # the full-size models per task
-    python experiments/multitask_experiment.py --rows seeds    # shared-3x and big-* again at seed 2 (~9 min)
+    python experiments/multitask_experiment.py --rows seeds    # shared-3x and big-* again at seed 2 (~8 min)
 
 Runs (configs/multitask.py: 4 layers, 4 heads, block 64, batches of 16 x 64, cosine from
 4e-3, fp32; each skipped when out-multitask/<run> holds it finished):
