@@ -7,7 +7,7 @@ train.py process of its own), and the LR range test, which finds a learning rate
         --random weight_decay=choice:0,0.1 --trials 8 --jobs 2 --out sweeps/rand --max_iters=300
     python sweep.py --report sweeps/rand           # the table again; report.md, best_config.py, sweep.png
     python train.py sweeps/rand/best_config.py     # the best trial, as a config file
-    python sweep.py configs/quickstart.py --lr_range --out sweeps/range [--lr_min=1e-5 --lr_max=1 --lr_steps=200]
+    python sweep.py configs/quickstart.py --lr_range --out sweeps/range [--lr_min=1e-4 --lr_max=1 --lr_steps=N]
 
 --grid KEY=v1,v2,... and --random KEY=DIST repeat; DIST is uniform:a:b, loguniform:a:b (0 < a),
 int:a:b (both ends included) or choice:x,y,z. --trials N random samples (required with --random;
@@ -28,10 +28,12 @@ halving (stopping poor trials early) is not implemented.
 
 --lr_range: the LR range test (Smith 2017, "Cyclical Learning Rates for Training Neural
 Networks", section 3.3), one run whose rate grows geometrically from --lr_min to --lr_max over
---lr_steps steps, usually until it diverges. The suggestion is the LR at the smoothed loss's
-minimum / 10 (still falling there, with margin before the blow-up); the steepest descent is
-printed beside it. weight_decay is the config's unless lr_max * weight_decay >= 1 (which
-train.py refuses): then 0.
+--lr_steps steps (default: twice the config's max_iters), usually until it diverges. The
+suggestion is fastai's valley rule on the curve's 100 block means; the smoothed minimum / 10
+and the steepest descent are printed beside it (lr_range.py). Why twice a trial: the test must
+reach the stage of training that decides a trial's loss; 200 steps never leave the plateau
+that every run crosses first (README, "Hyperparameters", experiment 5). weight_decay is the
+config's unless lr_max * weight_decay >= 1 (which train.py refuses): then 0.
 """
 
 import argparse
@@ -76,8 +78,8 @@ def parse_sweep_args(argv):
     p.add_argument("--lr_range", action="store_true")
     for flag, tp, default in (("--trials", int, None), ("--jobs", int, 1), ("--sample_seed", int, 0),
                               ("--out", str, None),
-                              ("--report", str, None), ("--lr_min", float, 1e-5), ("--lr_max", float, 1.0),
-                              ("--lr_steps", int, 200)):
+                              ("--report", str, None), ("--lr_min", float, 1e-4), ("--lr_max", float, 1.0),
+                              ("--lr_steps", int, None)):  # None: 2 x max_iters
         p.add_argument(flag, type=tp, default=default)
     ns, rest = p.parse_known_args(argv)
     a = {**vars(ns), "grid": {}, "random": {}, "fixed": {}}
@@ -148,6 +150,8 @@ def check_combination(a, given):
             raise UserError(f"{bad[0]}: --lr_range runs one range test, not a sweep; drop {bad[0]}")
         if not 0 < a["lr_min"] < a["lr_max"]:
             raise UserError(f"--lr_min={a['lr_min']:g} --lr_max={a['lr_max']:g}: need 0 < lr_min < lr_max")
+        if a["lr_steps"] is not None and a["lr_steps"] < 3:
+            raise UserError(f"--lr_steps={a['lr_steps']}: the test needs at least 3 steps (default: 2 x max_iters)")
     elif any(f.startswith("--lr_") for f in given):
         raise UserError(f"{next(f for f in given if f.startswith('--lr_'))} is an option of --lr_range; add it")
     elif not a["grid"] and not a["random"]:
@@ -461,13 +465,15 @@ def show_report(out):
 
 
 def run_lr_range(a):
-    out, steps = os.path.abspath(a["out"]), a["lr_steps"]
-    folder = os.path.join(out, "lr_range")
+    out, folder = os.path.abspath(a["out"]), os.path.join(os.path.abspath(a["out"]), "lr_range")
+    base = {**{k: getattr(TrainConfig, k) for k in ("weight_decay", "max_iters")}, **read_config_file(a["config"]),
+            **a["fixed"]}
+    steps = a["lr_steps"] or 2 * base["max_iters"]
     test = {"lr_schedule": "exponential", "min_lr": a["lr_min"], "learning_rate": a["lr_max"], "max_iters": steps,
             "warmup_iters": 0, "lr_decay_iters": 0, "log_interval": 1, "eval_interval": steps, "eval_iters": 1}
     for key in [k for k in a["fixed"] if k in test]:  # it would be overridden without a word
         raise UserError(f"--{key}: the range test sets {key} itself (choose --lr_min, --lr_max, --lr_steps)")
-    wd = {"weight_decay": TrainConfig.weight_decay, **read_config_file(a["config"]), **a["fixed"]}["weight_decay"]
+    wd = base["weight_decay"]
     if a["lr_max"] * wd >= 1:  # AdamW would multiply the weights by 1 - lr * wd <= 0 each step: train.py refuses
         test["weight_decay"] = 0.0
         print(f"note: weight_decay={wd:g} is refused at lr {a['lr_max']:g}; the range test runs with weight_decay=0")
@@ -475,7 +481,7 @@ def run_lr_range(a):
     lock_fd = take_lock(out)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    print(f"LR range test: {steps} steps, lr {a['lr_min']:g} to {a['lr_max']:g}, in {a['out']}/lr_range", flush=True)
+    print(f"LR range test: {steps} steps{'' if a['lr_steps'] else ' (2 x max_iters)'}, lr {a['lr_min']:g} to {a['lr_max']:g}, in {a['out']}/lr_range", flush=True)
     try:
         with open(os.path.join(folder, "train.log"), "w") as log:
             code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock_fd,),
@@ -489,14 +495,14 @@ def run_lr_range(a):
     if row["status"] == "failed":
         raise UserError(f"the range test's run failed: {row['reason']} (see {a['out']}/lr_range/train.log)")
     rows = [r for r in read_jsonl(os.path.join(folder, "metrics.jsonl"))[0] if "loss" in r]
-    res = {**suggest_lr([r["lr"] for r in rows], [r["loss"] for r in rows]), "steps": steps}
+    res = {**suggest_lr([r["lr"] for r in rows], [r["loss"] for r in rows], steps), "steps": steps}
     write_atomic(json.dumps(res, indent=1), os.path.join(out, "lr_range.json"))
     if res["min_lr_at"] == res["lr"][-1]:  # no minimum inside the range: the rule has nothing to go by
         print("note: the loss still fell at the last step; raise --lr_max (or --lr_steps) to see where it turns")
     print(f"the run {'diverged, as a range test usually does' if row['status'] == 'diverged' else 'finished'}; "
           f"the curve: {len(res['lr'])} of {len(rows)} steps, smoothed minimum {min(res['smoothed']):.4f} at lr "
-          f"{res['min_lr_at']:.3g}\nsuggested learning_rate = {res['suggested']:.3g} (rule: LR at the smoothed "
-          f"loss's minimum / 10; steepest descent: {res['steepest']:.3g})")
+          f"{res['min_lr_at']:.3g}\nsuggested learning_rate = {res['suggested']:.3g} (rule: {res['rule']}; "
+          f"the minimum / 10: {res['min_over_10']:.3g}, steepest descent: {res['steepest']:.3g})")
     plt = pyplot()
     if plt is not None:
         plot_range(res, os.path.join(out, "lr_range.png"), plt)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+import lr_range
 import sweep
 from config import read_config_file
 from conftest import REPO, TINY, exit_code
@@ -140,6 +141,7 @@ def test_random_specs_are_typed_as_their_key():
     (["--lr_range", "--grid", "n_layer=1,2"], r"--grid: --lr_range runs one range test"),
     (["--lr_range", "--learning_rate=1e-3"], r"--learning_rate: the range test sets learning_rate itself"),
     (["--lr_range", "--lr_min=1", "--lr_max=1e-3"], r"need 0 < lr_min < lr_max"),
+    (["--lr_range", "--lr_steps=2"], r"--lr_steps=2: the test needs at least 3 steps"),
 ])
 def test_argument_errors_name_the_argument(args, message, capsys, tmp_path, base_config):
     out = tmp_path / "out"
@@ -303,15 +305,39 @@ def test_a_sigtermed_sweep_resumes_to_the_uninterrupted_report(finished, base_co
 # the LR range test's suggestion
 
 
+def test_the_valley_rule_on_lists_with_known_answers():
+    """fastai's valley: L the longest strictly falling subsequence, e where the first one that
+    long ends, the pick e - L + L // 3 + int(L / 6)."""
+    assert lr_range.valley([5, 4, 3, 2, 1, 2, 3]) == 4 - 5 + 1 + 0  # L = 5, e = 4
+    assert lr_range.valley([9, 3, 8, 7, 6, 5, 4, 10]) == 6 - 6 + 2 + 1  # the fall skips the dip at 3: L = 6
+    # the start counts back L from e, though the subsequence (9 ... 4) begins at 1: the pick is 3, not 4
+    assert lr_range.valley([3, 9, 8, 7, 6, 5, 4, 10]) == 3
+    # strictly falling: equal points do not chain (with >= this would be L = 5 and the pick 0)
+    assert lr_range.valley([5, 5, 5, 5, 4]) == 4 - 2 + 0 + 0
+    assert lr_range.valley([3, 2, 1, 3, 2, 1]) == 2 - 3 + 1 + 0  # two as long: the first
+
+
+def test_block_means_average_each_block_at_its_rates_geometric_mean():
+    lrs, losses = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0], [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    # 10 planned steps in 4 blocks: edges 0, 2, 5, 8, 10 (2.5 and 7.5 round to even); the run
+    # stopped after 7 steps, so only the blocks that end by then are kept
+    block_lr, block_loss = lr_range.block_means(lrs, losses, steps=10, points=4)
+    assert block_loss == [6.5, 4.0] and block_lr == pytest.approx([10 ** -3.5, 1e-1])
+    assert lr_range.block_means(lrs, losses, steps=7) == (pytest.approx(lrs), losses)  # < 100 steps: a block a step
+
+
 def test_suggest_lr_on_curves_with_known_answers():
     lrs = np.logspace(-5, 0, 2000)  # 400 steps a decade: the moving average lags ~9 steps, 0.02 decades
     x = np.log10(lrs)
     # a parabola in log lr with its minimum at 1e-2, a blow-up past 1e-1 and a NaN at the end
     loss = 2 + (x + 2) ** 2 + np.where(x > -1, 40 * (x + 1) ** 2, 0)
     loss[-1] = float("nan")
-    res = sweep.suggest_lr(lrs.tolist(), loss.tolist())
-    assert res["min_lr_at"] == pytest.approx(1e-2, rel=0.1) and res["suggested"] == pytest.approx(1e-3, rel=0.1)
+    res = sweep.suggest_lr(lrs.tolist(), loss.tolist(), 2000)
+    assert res["min_lr_at"] == pytest.approx(1e-2, rel=0.1) and res["min_over_10"] == pytest.approx(1e-3, rel=0.1)
     assert res["smoothed"][0] == pytest.approx(loss[0], rel=1e-12)  # bias-corrected: the first value is the first loss
+    # the valley: the fall from the first block to the minimum's, 1e-5 to 1e-2, and halfway along it
+    assert len(res["block_lr"]) == 100 * len(res["lr"]) // 2000
+    assert res["suggested"] == res["block_lr"][lr_range.valley(res["block_loss"])] == pytest.approx(10 ** -3.5, rel=0.15)
     # cut where the blow-up passes 4x the minimum, long before the NaN
     low = min(res["smoothed"])
     after = res["smoothed"][res["smoothed"].index(low):]
@@ -320,28 +346,32 @@ def test_suggest_lr_on_curves_with_known_answers():
     loss = 5 - 2 * np.tanh(3 * (x + 3)) + np.where(x > -1, 40 * (x + 1) ** 2, 0)
     res = sweep.suggest_lr(lrs.tolist(), loss.tolist())
     assert res["steepest"] == pytest.approx(1e-3, rel=0.1)
-    assert res["rule"] == "LR at the smoothed loss's minimum / 10" and res["suggested"] == res["min_lr_at"] / 10
+    assert res["rule"].startswith("valley") and res["min_over_10"] == res["min_lr_at"] / 10
     with pytest.raises(UserError, match="2 usable steps"):
         sweep.suggest_lr([1e-3, 1e-2, 1e-1], [4.0, 4.1, float("nan")])
+    with pytest.raises(UserError, match="curve has 2 points"):  # 300 planned steps, cut after 8: two blocks of 3
+        sweep.suggest_lr(np.logspace(-3, -2, 9).tolist(), [4.0] * 8 + [float("nan")], 300)
 
 
-
-def test_the_lr_range_test_on_a_tiny_model(base_config, char_dataset, tmp_path, capsys):
+def test_the_lr_range_test_on_a_tiny_model(char_dataset, tmp_path, capsys):
     """A real range test: the rate grows geometrically from lr_min to lr_max (train.py's
-    'exponential' schedule), the loss blows up before the end, as a range test expects, and the
-    suggestion printed is lr_range.json's. weight_decay=0.5 at lr 1e4 is what train.py refuses:
-    the test runs with 0 and says so."""
+    'exponential' schedule) over twice the config's max_iters, the loss blows up before the
+    end, as a range test expects, and the suggestion printed is lr_range.json's.
+    weight_decay=0.5 at lr 1e4 is what train.py refuses: the test runs with 0 and says so."""
+    config = tmp_path / "fifteen.py"
+    config.write_text("max_iters = 15\n")
     out = tmp_path / "range"
-    sweep.main([base_config, "--lr_range", "--out", str(out), "--lr_min=1e-4", "--lr_max=1e4", "--lr_steps=30",
+    sweep.main([str(config), "--lr_range", "--out", str(out), "--lr_min=1e-4", "--lr_max=1e4",
                 f"--dataset={char_dataset}", *TINY, "--weight_decay=0.5"])
     printed = capsys.readouterr().out
     res = json.loads((out / "lr_range.json").read_text())
-    assert res["steps"] == 30 and res["lr"][0] == pytest.approx(1e-4)
+    assert res["steps"] == 30 and res["lr"][0] == pytest.approx(1e-4)  # 2 x max_iters
     assert np.allclose(np.diff(np.log(res["lr"])), math.log(1e8) / 29)  # lr_min * (lr_max / lr_min) ** (it / 29)
-    assert len(res["lr"]) < 30 and res["suggested"] == res["min_lr_at"] / 10  # the curve was cut: it blew up
+    assert len(res["lr"]) < 30 and res["min_over_10"] == res["min_lr_at"] / 10  # the curve was cut: it blew up
+    assert res["block_loss"] == res["loss"] and res["suggested"] == res["lr"][lr_range.valley(res["loss"])]
     assert "the range test runs with weight_decay=0" in printed
-    assert (f"suggested learning_rate = {res['suggested']:.3g} (rule: LR at the smoothed loss's minimum / 10; "
-            f"steepest descent: {res['steepest']:.3g})") in printed
+    assert (f"suggested learning_rate = {res['suggested']:.3g} (rule: {res['rule']}; the minimum / 10: "
+            f"{res['min_over_10']:.3g}, steepest descent: {res['steepest']:.3g})") in printed
 
 
 def test_a_sigkilled_sweep_takes_its_trials_with_it_and_a_rerun_starts_at_once(base_config, char_dataset, tmp_path,
