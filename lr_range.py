@@ -67,16 +67,15 @@ def suggest_lr(lrs, losses, steps=None, beta=0.9, stop_factor=4.0):
     the test's planned length (default: the steps given). The curve ends where the smoothed
     loss passes stop_factor x its minimum so far, or is not finite: the blow-up says nothing
     about where to train."""
-    kept, best = 0, math.inf
-    for s in smooth(losses, beta):
+    smoothed, kept, best = smooth(losses, beta), 0, math.inf
+    for s in smoothed:
         if not math.isfinite(s) or s > stop_factor * best:
             break
         best, kept = min(best, s), kept + 1
     if kept < 3:
         raise UserError(f"the range test has {kept} usable steps before the loss blew up; "
                         f"lower --lr_min or raise --lr_steps")
-    lr, loss = list(lrs[:kept]), list(losses[:kept])
-    smoothed = smooth(loss, beta)
+    lr, loss, smoothed = list(lrs[:kept]), list(losses[:kept]), smoothed[:kept]  # the average is causal: cut = smoothed cut
     i_min = int(np.argmin(smoothed))
     slope = np.gradient(np.array(smoothed), np.log(lr))  # d s / d log(lr), central differences
     block_lr, block_loss = block_means(lr, loss, steps or len(lrs))

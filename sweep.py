@@ -465,7 +465,8 @@ def show_report(out):
 
 
 def run_lr_range(a):
-    out, folder = os.path.abspath(a["out"]), os.path.join(os.path.abspath(a["out"]), "lr_range")
+    out = os.path.abspath(a["out"])
+    folder = os.path.join(out, "lr_range")
     base = {**{k: getattr(TrainConfig, k) for k in ("weight_decay", "max_iters")}, **read_config_file(a["config"]),
             **a["fixed"]}
     steps = a["lr_steps"] or 2 * base["max_iters"]

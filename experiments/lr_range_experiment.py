@@ -79,8 +79,10 @@ def table(results):
         for rule in RULES.values():
             gap = r["val"][rule] - r["best_val"]
             cells += [f"{r['rates'][rule]:.3g}", f"{r['val'][rule]:.4f}", ("**%+.4f**" if gap <= BASIN else "%+.4f") % gap]
-        lines.append(f"| {CASES[r['case']][0]} | {r['steps']} steps from {r['lr_min']:.0e} | " + " | ".join(cells) +
-                     f" | {r['best_lr']:g} | {r['best_val']:.4f} |")
+        held_out = " (held out)" if r["row"] in GROUPS["held-out"] else ""
+        textbook = " (textbook)" if r["row"] == "textbook" else ""
+        lines.append(f"| {CASES[r['case']][0]}{held_out} | {r['steps']} steps from {r['lr_min']:.0e}{textbook} | " +
+                     " | ".join(cells) + f" | {r['best_lr']:g} | {r['best_val']:.4f} |")
     inside = [r for r in results if r["val"]["valley"] - r["best_val"] <= BASIN]
     lines += ["", f"bold: within {BASIN} nats of the sweep's best. The valley is within it in {len(inside)} of "
               f"{len(results)} rows."]
@@ -92,16 +94,16 @@ def plot(results, path):
     if plt is None:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r, color in ((r, c) for r, c in zip(results, ("C0", "C7")) if r["row"] in ("default", "textbook")):
+    for r, color in zip([r for r in results if r["row"] in ("default", "textbook")], ("C0", "C7")):
         c = r["curve"]
         left.plot(c["lr"], c["smoothed"], color=color, lw=1, label=f"{r['steps']} steps (smoothed)")
         left.plot(c["block_lr"], c["block_loss"], ".", color=color, ms=3)
         left.axvline(r["rates"]["valley"], color=color, ls="--", label=f"valley, {r['steps']} steps: {r['rates']['valley']:.2g}")
         left.axvline(r["rates"]["min / 10"], color=color, ls=":", label=f"minimum / 10, {r['steps']} steps: "
                                                                         f"{r['rates']['min / 10']:.2g}")
-        best = r["best_lr"]
-    if any(r["row"] == "default" for r in results):
-        left.axvline(best, color="k", lw=2, alpha=0.4, label=f"the sweep's best: {best:g}")
+    for r in results:
+        if r["row"] == "default":
+            left.axvline(r["best_lr"], color="k", lw=2, alpha=0.4, label=f"the sweep's best: {r['best_lr']:g}")
     left.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="the range test at width 128 (seed 1337)")
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
